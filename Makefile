@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Each does all the set-up.
+PY := .venv/bin/python
+STAMP := .venv/.agentflow-installed
+
+.PHONY: install model demo test test-unit test-engine lint bench clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/install.sh
+	bash scripts/install.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Convert the packaged GGUF to bf16 safetensors once (cache: ~/.cache/agentflow, AGENTFLOW_CACHE_DIR).
+model: install
+	$(PY) -m agentflow prepare-model
+
+demo: model
+	$(PY) -m agentflow demo
+
+test: model
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest -m "not engine"
+
+test-engine: model
+	$(PY) -m pytest -m engine
+
+lint: install
+	.venv/bin/ruff check agentflow planner executor serving workloads tests
+
+bench: install
+	$(PY) -m agentflow bench executor --json bench-executor.json
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,61 @@
+"""agentflow: an agent-workflow runtime.
+
+Tools and semantic functions build a DAG of calls (the one IR); the executor runs every call
+whose inputs are ready, in parallel; the planner compiles tasks into that DAG; the serving layer
+schedules LLM calls program-aware inside an embedded vLLM engine.
+"""
+
+from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramMetadata, resolve_backend
+from agentflow.exceptions import (
+    AgentflowError,
+    ArgumentValidationError,
+    CallFailedError,
+    EngineError,
+    PlanError,
+    ToolError,
+    ToolTimeoutError,
+    UserError,
+)
+from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, Ref
+from agentflow.semantic import SemanticFunction, SemanticVariable, semantic_function
+from agentflow.tools import Tool, ToolRegistry, tool
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # `Program` runs on the executor package, which itself imports agentflow's IR: load it lazily.
+    if name == "Program":
+        from agentflow.program import Program
+
+        return Program
+    raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
+
+__all__ = [
+    "AgentflowError",
+    "ArgumentValidationError",
+    "CallFailedError",
+    "CallGraph",
+    "CallKind",
+    "CallNode",
+    "Completion",
+    "EngineError",
+    "LLMBackend",
+    "LLMRequest",
+    "NodeState",
+    "PlanError",
+    "Program",
+    "ProgramMetadata",
+    "Ref",
+    "SemanticFunction",
+    "SemanticVariable",
+    "Tool",
+    "ToolError",
+    "ToolRegistry",
+    "ToolTimeoutError",
+    "UserError",
+    "__version__",
+    "resolve_backend",
+    "semantic_function",
+    "tool",
+]

@@ -1,0 +1,60 @@
+"""LLM backends behind one protocol, chosen by one model string.
+
+| model string                    | backend                                              |
+|---------------------------------|------------------------------------------------------|
+| `embedded` (default)            | in-process vLLM on SmolLM2-135M-Instruct             |
+| `embedded:/path/to/model`       | in-process vLLM on a local Hugging Face model dir    |
+| `vllm:MODEL@http://host:8000/v1`| a vLLM server (grammar + program metadata forwarded) |
+| `openai:MODEL[@BASE_URL]`       | any OpenAI-compatible server (`OPENAI_BASE_URL`)     |
+| `litellm:PROVIDER/MODEL`        | any provider litellm supports                        |
+
+`AGENTFLOW_MODEL` sets the default string.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agentflow.exceptions import BackendConfigError
+
+from ._protocol import Completion, LLMBackend, LLMRequest, ProgramMetadata
+
+__all__ = [
+    "MODEL_ENV",
+    "Completion",
+    "LLMBackend",
+    "LLMRequest",
+    "ProgramMetadata",
+    "resolve_backend",
+]
+
+MODEL_ENV = "AGENTFLOW_MODEL"
+_FORMS = "embedded, embedded:/model/dir, vllm:MODEL@URL, openai:MODEL[@URL], litellm:PROVIDER/MODEL"
+
+
+def resolve_backend(model: str | LLMBackend | None = None) -> LLMBackend:
+    """The backend a model string names (see the module docstring); backends pass through."""
+    if model is not None and not isinstance(model, str):
+        if not isinstance(model, LLMBackend):
+            raise BackendConfigError(f"{model!r} is neither a model string nor an LLMBackend")
+        return model
+    spec = (model or os.environ.get(MODEL_ENV) or "embedded").strip()
+    scheme, _, rest = spec.partition(":")
+    if scheme == "embedded":
+        from .embedded import EmbeddedBackend
+
+        return EmbeddedBackend(model_dir=rest or None)
+    if scheme in ("openai", "vllm"):
+        name, _, base_url = rest.partition("@")
+        if not name:
+            raise BackendConfigError(f"{spec!r}: missing model name (forms: {_FORMS})")
+        from .openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(name, base_url=base_url or None, vllm=scheme == "vllm")
+    if scheme == "litellm":
+        if not rest:
+            raise BackendConfigError(f"{spec!r}: missing provider/model (forms: {_FORMS})")
+        from .litellm_backend import LiteLLMBackend
+
+        return LiteLLMBackend(rest)
+    raise BackendConfigError(f"unknown model string {spec!r} (forms: {_FORMS})")

@@ -1,0 +1,49 @@
+"""What the executor needs from anything it can call: tools and semantic functions alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from agentflow.ir import CallKind
+
+if TYPE_CHECKING:
+    from agentflow.backends._protocol import LLMBackend, ProgramMetadata
+
+__all__ = ["CallContext", "Callee"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallContext:
+    """Per-call facts handed to a callee: who is calling, and with which backend."""
+
+    program_id: str
+    node_id: str
+    attempt: int = 1
+    backend: LLMBackend | None = None  # set for LLM calls
+    metadata: ProgramMetadata | None = None  # set for LLM calls
+
+
+@runtime_checkable
+class Callee(Protocol):
+    """A registered callable: a `Tool` or a `SemanticFunction`."""
+
+    name: str
+    kind: CallKind
+    timeout_s: float | None
+    retries: int
+    max_concurrency: int | None
+    runs_in_thread: bool  # a blocking sync function: the executor runs it in a worker thread
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Map and validate arguments; raise `ArgumentValidationError` when they do not fit."""
+        ...
+
+    async def invoke(self, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        """Run with validated arguments (async callees)."""
+        ...
+
+    def invoke_sync(self, arguments: dict[str, Any]) -> Any:
+        """Run with validated arguments (sync callees, called in a worker thread)."""
+        ...

@@ -1,0 +1,221 @@
+"""`Program`: one run of an agent program, with its id, optional deadline, DAG and trace.
+
+```python
+async with Program(deadline_s=60) as p:
+    a = fetch("x")            # tools and semantic functions return variables at once
+    b = summarize(a)          # passing a variable adds an edge
+    print(await b)            # awaiting yields the value
+print(p.result.trace.render_timeline())
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from agentflow import _context
+from agentflow.backends import LLMBackend, resolve_backend
+from agentflow.backends._protocol import Completion, LLMRequest
+from agentflow.calls import Callee
+from agentflow.exceptions import UserError
+from agentflow.ir import CallGraph, CallNode, NodeState, ProgramFacts, Ref
+from agentflow.semantic import SemanticVariable
+from agentflow.tools import ToolRegistry
+from executor import Executor, ExecutorObserver, RunResult
+
+__all__ = ["Program"]
+
+
+class Program:
+    """One run: a DAG of calls executed as their inputs become ready."""
+
+    def __init__(
+        self,
+        *,
+        program_id: str | None = None,
+        deadline_s: float | None = None,
+        model: str | LLMBackend | None = None,
+        tools: Iterable[Any] = (),
+        max_parallel: int = 64,
+        observers: Iterable[ExecutorObserver] = (),
+    ) -> None:
+        if deadline_s is not None and not deadline_s > 0:
+            raise UserError(f"deadline_s must be > 0 seconds, got {deadline_s}")
+        self.program_id = program_id or f"prog-{uuid.uuid4().hex[:12]}"
+        self.deadline_s = deadline_s  # seconds from entering the program
+        self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self._model = model
+        self._max_parallel = max_parallel
+        self._observers = tuple(observers)
+        self._ids = itertools.count(1)
+        self._executor: Executor | None = None
+        self._token: Any = None
+        self._result: RunResult | None = None
+        self.backend: LLMBackend = _LazyBackend(model)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Program:
+        if self._executor is not None:
+            raise UserError("a Program runs once; create a new one")
+        arrival_s = time.time()
+        facts = ProgramFacts(
+            program_id=self.program_id,
+            arrival_s=arrival_s,
+            deadline_s=arrival_s + self.deadline_s if self.deadline_s is not None else None,
+        )
+        self._executor = Executor(
+            self.registry.get,
+            facts=facts,
+            max_parallel=self._max_parallel,
+            backend=self.backend,
+            observers=self._observers,
+        )
+        self._token = _context.enter(self)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _context.leave(self._token)
+        executor = self._running()
+        if exc is not None:
+            executor.cancel(f"program body raised {exc_type.__name__ if exc_type else 'an error'}")
+        executor.close()
+        try:
+            remaining = self.deadline_remaining_s()
+            if remaining is None:
+                self._result = await executor.wait()
+            else:
+                self._result = await self._wait_with_deadline(executor, remaining)
+        except asyncio.CancelledError:
+            executor.cancel("program cancelled")
+            self._result = executor.result()
+            raise
+        finally:
+            executor.shutdown()
+
+    async def _wait_with_deadline(self, executor: Executor, remaining_s: float) -> RunResult:
+        try:
+            async with asyncio.timeout(max(remaining_s, 0.0)):
+                return await executor.wait()
+        except TimeoutError:
+            executor.cancel(f"deadline of {self.deadline_s:g} s passed")
+            return await executor.wait()
+
+    def cancel(self, reason: str = "program cancelled") -> None:
+        """Cancel every running call; pending ones never start."""
+        self._running().cancel(reason)
+
+    # -- building the DAG ---------------------------------------------------------------------------
+
+    def call(self, callee: Callee, *args: Any, **kwargs: Any) -> SemanticVariable[Any]:
+        """Schedule a call; variables among the arguments become edges."""
+        executor = self._running()
+        self.registry.register(callee)
+        node = CallNode(
+            id=str(next(self._ids)),
+            kind=callee.kind,
+            target=callee.name,
+            args=tuple(self._to_ir(a) for a in args),
+            kwargs={k: self._to_ir(v) for k, v in kwargs.items()},
+        )
+        executor.submit(node)
+        return SemanticVariable(self, node.id, callee.name)
+
+    def submit(self, node: CallNode) -> None:
+        """Add an IR node directly (the planner streams nodes in this way)."""
+        self._running().submit(node)
+
+    def submit_batch(self, nodes: Iterable[CallNode]) -> None:
+        """Add a batch of IR nodes, validated together before any runs."""
+        self._running().submit_batch(nodes)
+
+    def new_node_id(self) -> str:
+        """A fresh node id for this program."""
+        return str(next(self._ids))
+
+    def _to_ir(self, value: Any) -> Any:
+        if isinstance(value, SemanticVariable):
+            if value._program is not self:
+                raise UserError(f"variable ${value.node_id} belongs to another program")
+            return Ref(value.node_id)
+        if isinstance(value, list):
+            return [self._to_ir(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._to_ir(v) for v in value)
+        if isinstance(value, Mapping):
+            return {k: self._to_ir(v) for k, v in value.items()}
+        return value
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    @property
+    def graph(self) -> CallGraph:
+        return self._running().graph
+
+    @property
+    def result(self) -> RunResult:
+        """The outputs, failures and trace; after the `async with` block, the final ones."""
+        if self._result is not None:
+            return self._result
+        return self._running().result()
+
+    def node_state(self, node_id: str) -> NodeState:
+        return self._running().state.runs[node_id].state
+
+    def future(self, node_id: str) -> asyncio.Future[Any]:
+        return self._running().future(node_id)
+
+    async def wait(self) -> RunResult:
+        """Wait for every call submitted so far (the program stays open for more)."""
+        executor = self._running()
+        futures = [executor.future(nid) for nid in list(executor.state.runs)]
+        await asyncio.gather(*futures, return_exceptions=True)
+        return executor.result()
+
+    def deadline_remaining_s(self) -> float | None:
+        facts = self._running().facts
+        return None if facts.deadline_s is None else facts.deadline_s - time.time()
+
+    def _running(self) -> Executor:
+        if self._executor is None:
+            raise UserError("use the program inside `async with Program(...) as p:`")
+        return self._executor
+
+
+class _LazyBackend:
+    """Resolves the model string on the first LLM call, so tool-only programs never load a model."""
+
+    def __init__(self, model: str | LLMBackend | None) -> None:
+        self._model = model
+        self._backend: LLMBackend | None = model if isinstance(model, LLMBackend) else None
+
+    def _get(self) -> LLMBackend:
+        if self._backend is None:
+            self._backend = resolve_backend(self._model)
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return self._get().name
+
+    @property
+    def supports_grammar(self) -> bool:
+        return self._get().supports_grammar
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        return await self._get().complete(request)
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        return self._get().stream(request)
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
