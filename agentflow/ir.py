@@ -287,6 +287,11 @@ def _render_value(value: Any, limit: int = 40) -> str:
         return str(value)
     if isinstance(value, Concat):
         return '"' + "".join(p if isinstance(p, str) else str(p) for p in value.parts) + '"'
+    if isinstance(value, (list, tuple)) and any(True for _ in iter_refs(value)):
+        inner = ", ".join(_render_value(v, limit) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if isinstance(value, Mapping) and any(True for _ in iter_refs(value)):
+        return "{" + ", ".join(f"{k!r}: {_render_value(v, limit)}" for k, v in value.items()) + "}"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

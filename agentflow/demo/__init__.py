@@ -1,0 +1,89 @@
+"""`agentflow demo`: a real agent program on the embedded model.
+
+Plan a May city break: for each city, tools read shipped climate normals, compute daylight
+and a comfort score, rank attractions and solve a one-day itinerary; the embedded model writes
+one brief per city (these LLM calls run in parallel), then one call combines the briefs into a
+recommendation. The program prints its DAG, a timeline of what ran in parallel, and the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+from pathlib import Path
+from typing import Any
+
+from agentflow.demo.tools import climate, daylight_hours, plan_day, top_attractions, trip_score
+from agentflow.program import Program
+from agentflow.semantic import semantic_function
+
+__all__ = ["CITIES", "city_break", "run_demo"]
+
+CITIES = ("Lisbon", "Rome", "Berlin", "Oslo")
+
+
+@semantic_function(max_tokens=60, system="You are a concise travel assistant. Answer in one or two sentences.")
+def city_brief(city: str, month_name: str, score: float, weather: dict[str, float], day: dict[str, Any]) -> str:
+    """Write one sentence about visiting {city} in {month_name}.
+Facts: comfort score {score}/10; weather {weather}; a day of sightseeing: {day}."""
+
+
+@semantic_function(max_tokens=80, system="You are a concise travel assistant. Answer in two sentences.")
+def recommend(month_name: str, ranking: list[str], briefs: list[str]) -> str:
+    """Which city should I visit in {month_name}? Cities ranked by comfort score: {ranking}.
+City notes: {briefs}
+Name the best city and say why."""
+
+
+async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model: Any = None) -> dict[str, Any]:
+    """Build and run the program; returns the answer, per-city facts, the DAG and the trace."""
+    month_name = calendar.month_name[month]
+    async with Program(model=model) as program:
+        facts, briefs = {}, []
+        for city in cities:
+            weather = climate(city, month)
+            score = trip_score(weather, daylight_hours(city, month))
+            day = plan_day(top_attractions(city, limit=5))
+            briefs.append(city_brief(city, month_name, score, weather, day))
+            facts[city] = (score, day)
+        scores = {city: await score for city, (score, _) in facts.items()}
+        ranking = [f"{c} ({s})" for c, s in sorted(scores.items(), key=lambda kv: -kv[1])]
+        answer = recommend(month_name, ranking, briefs)
+        answer_text = await answer
+    result = program.result
+    return {
+        "answer": answer_text,
+        "ranking": ranking,
+        "briefs": {city: result.outputs.get(b.node_id) for city, b in zip(cities, briefs, strict=True)},
+        "days": {city: result.outputs.get(day.node_id) for city, (_, day) in facts.items()},
+        "dag": program.graph.render(),
+        "trace": result.trace,
+        "failures": result.failures,
+    }
+
+
+def run_demo(*, model: Any = None, json_path: Path | None = None) -> int:
+    """Run the demo and print the DAG, the timeline and the answer."""
+    print("agentflow demo: planning a May city break (tools on shipped data + the embedded model)\n")
+    run = asyncio.run(city_break(model=model))
+    trace = run["trace"]
+    print("== DAG (node, kind, call, inputs) ==")
+    print(run["dag"])
+    print("\n== Timeline (# ran, * critical path) ==")
+    print(trace.render_timeline())
+    print("\n== Ranking by comfort score ==")
+    print(", ".join(run["ranking"]))
+    print("\n== City briefs (parallel LLM calls) ==")
+    for city, brief in run["briefs"].items():
+        print(f"- {city}: {brief}")
+    print("\n== Answer ==")
+    print(run["answer"])
+    for failure in run["failures"]:
+        print(f"failed: [{failure.node_id}] {failure.target}: {failure.reason}")
+    if json_path is not None:
+        payload = {k: v for k, v in run.items() if k not in ("trace", "failures")}
+        payload["trace"] = trace.to_dict()
+        payload["failures"] = [f.reason for f in run["failures"]]
+        json_path.write_text(json.dumps(payload, indent=2, default=str))
+    return 0 if not run["failures"] else 1
