@@ -23,17 +23,27 @@ __all__ = ["CITIES", "city_break", "run_demo"]
 CITIES = ("Lisbon", "Rome", "Berlin", "Oslo")
 
 
-@semantic_function(max_tokens=60, system="You are a concise travel assistant. Answer in one or two sentences.")
+_SYSTEM = "You are a concise travel assistant."
+
+
+@semantic_function(
+    max_tokens=60,
+    system=_SYSTEM,
+    template="Write one sentence about visiting {city} in {month_name}.\n"
+    "Facts: comfort score {score}/10; weather {weather}; a day of sightseeing: {day}.",
+)
 def city_brief(city: str, month_name: str, score: float, weather: dict[str, float], day: dict[str, Any]) -> str:
-    """Write one sentence about visiting {city} in {month_name}.
-Facts: comfort score {score}/10; weather {weather}; a day of sightseeing: {day}."""
+    """One sentence on a city, from the facts the tools computed."""
 
 
-@semantic_function(max_tokens=80, system="You are a concise travel assistant. Answer in two sentences.")
+@semantic_function(
+    max_tokens=80,
+    system=_SYSTEM,
+    template="Which city should I visit in {month_name}? Cities ranked by comfort score: {ranking}.\n"
+    "City notes: {briefs}\nName the best city and say why, in two sentences.",
+)
 def recommend(month_name: str, ranking: list[str], briefs: list[str]) -> str:
-    """Which city should I visit in {month_name}? Cities ranked by comfort score: {ranking}.
-City notes: {briefs}
-Name the best city and say why."""
+    """The final answer: combines every city brief."""
 
 
 async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model: Any = None) -> dict[str, Any]:
