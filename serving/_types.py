@@ -1,0 +1,31 @@
+"""Records the embedded engine hands to callers (no vLLM types cross this line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GenerationChunk", "GenerationResult"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationChunk:
+    """What one engine step produced for one request: a delta, not the text so far."""
+
+    text: str  # new text since the previous chunk
+    token_ids: tuple[int, ...]  # new token ids since the previous chunk
+    finished: bool
+    finish_reason: str | None  # "stop", "length" or "abort" once finished
+    num_prompt_tokens: int
+    num_cached_tokens: int  # prompt tokens served from the prefix cache (0 until prefill ran)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationResult:
+    """A whole generation, as `EmbeddedEngine.complete` returns it."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_completion_tokens: int
+    num_cached_tokens: int
