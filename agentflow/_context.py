@@ -22,3 +22,13 @@ def enter(program: Program) -> contextvars.Token[Program | None]:
 
 def leave(token: contextvars.Token[Program | None]) -> None:
     _current.reset(token)
+
+
+def detach() -> None:
+    """Run the rest of this context (a callee's task) outside any program.
+
+    A tool that calls another tool then calls its function, whenever it runs: scheduling into the
+    program would depend on whether its block has exited, and from a worker thread it is not
+    thread-safe at all.
+    """
+    _current.set(None)

@@ -57,6 +57,7 @@ def _param_line(raw: str, line: str, params: dict[str, str], current: str | None
     if indent == 0:  # NumPy: `name : type` flush left, description indented below
         name = line.split(":")[0].strip().lstrip("*")
         params[name] = ""
+        indents[:] = [-1]  # NumPy: an indented line is description, even `Note: ...`, never a Google param
         return name
     google = _GOOGLE_PARAM.match(line)
     if google and (not indents or indent <= indents[0]):

@@ -56,6 +56,7 @@ class Program:
         self._ids = itertools.count(1)
         self._executor: Executor | None = None
         self._token: Any = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._result: RunResult | None = None
         self.backend: LLMBackend = _LazyBackend(model)
 
@@ -77,6 +78,9 @@ class Program:
             backend=self.backend,
             observers=self._observers,
         )
+        if self.deadline_s is not None:
+            # A timer, not a timeout around the exit: the deadline must also stop a body awaiting a variable.
+            self._deadline_timer = asyncio.get_running_loop().call_later(self.deadline_s, self._on_deadline)
         self._token = _context.enter(self)
         return self
 
@@ -89,25 +93,18 @@ class Program:
             executor.cancel(f"program body raised {exc_type.__name__ if exc_type else 'an error'}")
         executor.close()
         try:
-            remaining = self.deadline_remaining_s()
-            if remaining is None:
-                self._result = await executor.wait()
-            else:
-                self._result = await self._wait_with_deadline(executor, remaining)
+            self._result = await executor.wait()
         except asyncio.CancelledError:
             executor.cancel("program cancelled")
             self._result = executor.result()
             raise
         finally:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
             executor.shutdown()
 
-    async def _wait_with_deadline(self, executor: Executor, remaining_s: float) -> RunResult:
-        try:
-            async with asyncio.timeout(max(remaining_s, 0.0)):
-                return await executor.wait()
-        except TimeoutError:
-            executor.cancel(f"deadline of {self.deadline_s:g} s passed")
-            return await executor.wait()
+    def _on_deadline(self) -> None:
+        self._running().cancel(f"deadline of {self.deadline_s:g} s passed")
 
     def cancel(self, reason: str = "program cancelled") -> None:
         """Cancel every running call; pending ones never start."""
@@ -209,6 +206,9 @@ class _LazyBackend:
     @property
     def supports_grammar(self) -> bool:
         return self._get().supports_grammar
+
+    async def start(self) -> None:
+        await self._get().start()
 
     async def complete(self, request: LLMRequest) -> Completion:
         return await self._get().complete(request)

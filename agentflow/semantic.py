@@ -109,7 +109,7 @@ class SemanticFunction:
 
     def render(self, arguments: Mapping[str, Any]) -> str:
         """The prompt for these arguments."""
-        return self.template.format(**{k: _as_prompt_text(v) for k, v in arguments.items()})
+        return _PROMPT_FORMATTER.vformat(self.template, (), dict(arguments))
 
     def request(self, arguments: Mapping[str, Any], ctx: CallContext | None = None) -> LLMRequest:
         messages: list[dict[str, str]] = []
@@ -216,6 +216,20 @@ def _check_template(name: str, template: str, params: set[str]) -> None:
         raise ToolDefinitionError(
             f"{name}: template placeholders {unknown or ['{}']} are not parameters {sorted(params)}"
         )
+
+
+class _PromptFormatter(string.Formatter):
+    """`str.format` that looks up `{x.attr}` / `{x[0]}` on the values themselves, then writes them as prompt text.
+
+    Turning arguments into text first would make `{items[0]}` the first character of a JSON array
+    and `{score:.1f}` a format error on a string.
+    """
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return format(value, format_spec) if format_spec else _as_prompt_text(value)
+
+
+_PROMPT_FORMATTER = _PromptFormatter()
 
 
 def _as_prompt_text(value: Any) -> str:

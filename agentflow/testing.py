@@ -52,6 +52,9 @@ class ScriptedLLM:
             raise AssertionError(f"ScriptedLLM ran out of replies after {len(self.requests) - 1} calls")
         return self._replies.pop(0)
 
+    async def start(self) -> None:
+        return None
+
     async def complete(self, request: LLMRequest) -> Completion:
         parts = [piece async for piece in self.stream(request)]
         text = "".join(parts)

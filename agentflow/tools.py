@@ -224,13 +224,28 @@ def build_arguments_model(
             raise ToolDefinitionError(f"{name}: parameter {pname!r} needs a type hint")
         default = ... if param.default is param.empty else param.default
         doc = (param_docs or {}).get(pname) or None
-        fields[pname] = (hints[pname], pydantic.Field(default, description=doc))
+        field_name = _field_name(pname, signature.parameters)
+        alias = pname if field_name != pname else None
+        fields[field_name] = (hints[pname], pydantic.Field(default, alias=alias, description=doc))
     try:
         return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
             f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False), **fields
         )
     except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
         raise ToolDefinitionError(f"{name}: unsupported parameter type: {exc}") from exc
+
+
+def _field_name(pname: str, params: Mapping[str, Any]) -> str:
+    """The model field for a parameter: its own name unless pydantic reserves it (`_x`, `json`, `model_config`).
+
+    A reserved name becomes an aliased field, so the schema and validation still use the parameter's name.
+    """
+    if not pname.startswith("_") and not hasattr(pydantic.BaseModel, pname):
+        return pname
+    field_name = f"arg_{pname.strip('_')}"
+    while field_name in params or hasattr(pydantic.BaseModel, field_name):
+        field_name += "_"
+    return field_name
 
 
 def validate_arguments(
@@ -246,7 +261,8 @@ def validate_arguments(
         validated = model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ArgumentValidationError(name, _summarize_validation(exc)) from None
-    return dict(validated.__dict__)
+    # By parameter name (a field's alias where the name is reserved), values as validated (models stay models).
+    return {info.alias or field: getattr(validated, field) for field, info in type(validated).model_fields.items()}
 
 
 def _by_name(

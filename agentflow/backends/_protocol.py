@@ -81,6 +81,10 @@ class LLMBackend(Protocol):
     name: str
     supports_grammar: bool  # accepts `LLMRequest.grammar` (EBNF) and enforces it
 
+    async def start(self) -> None:
+        """Get ready to serve (load the model, open connections); calls do this lazily anyway."""
+        ...
+
     async def complete(self, request: LLMRequest) -> Completion:
         """Run the request to completion."""
         ...

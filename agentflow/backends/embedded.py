@@ -39,6 +39,10 @@ class EmbeddedBackend:
         self.engine = EmbeddedEngine.shared(config)
         self._tokenizer_loaded = False
 
+    async def start(self) -> None:
+        """Start the shared engine (prepares the default model on first use) without blocking the loop."""
+        await self.engine.astart()
+
     async def complete(self, request: LLMRequest) -> Completion:
         """Run the request to completion on the embedded engine."""
         texts: list[str] = []

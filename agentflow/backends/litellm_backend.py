@@ -47,6 +47,9 @@ class LiteLLMBackend:
             kwargs["metadata"] = request.metadata.to_extra_args()
         return kwargs
 
+    async def start(self) -> None:
+        """Nothing to load: the client connects on the first call."""
+
     async def complete(self, request: LLMRequest) -> Completion:
         litellm = _import_litellm()
         try:

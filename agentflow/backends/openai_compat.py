@@ -57,6 +57,9 @@ class OpenAICompatBackend:
             params["extra_body"] = extra
         return params
 
+    async def start(self) -> None:
+        """Nothing to load: the client connects on the first call."""
+
     async def complete(self, request: LLMRequest) -> Completion:
         import openai
 

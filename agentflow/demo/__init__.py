@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from agentflow.backends import resolve_backend
 from agentflow.demo.tools import climate, daylight_hours, plan_day, top_attractions, trip_score
 from agentflow.program import Program
 from agentflow.semantic import semantic_function
@@ -49,7 +51,11 @@ def recommend(month_name: str, ranking: list[str], briefs: list[str]) -> str:
 async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model: Any = None) -> dict[str, Any]:
     """Build and run the program; returns the answer, per-city facts, the DAG and the trace."""
     month_name = calendar.month_name[month]
-    async with Program(model=model) as program:
+    backend = resolve_backend(model)
+    started = time.perf_counter()
+    await backend.start()  # load the model before the clock of the program starts
+    print(f"backend {backend.name} ready in {time.perf_counter() - started:.1f} s\n")
+    async with Program(model=backend) as program:
         facts, briefs = {}, []
         for city in cities:
             weather = climate(city, month)
