@@ -1,4 +1,4 @@
-"""One embedded engine for the whole engine suite: starting one costs ~6-13 s on CPU."""
+"""Shared fixtures. One embedded engine for every engine test in the session: starting one costs ~6-13 s on CPU."""
 
 from __future__ import annotations
 
