@@ -5,6 +5,7 @@ AgentflowError
  +-- UserError                  misuse of the SDK: bad definitions, bad arguments
  |    +-- ToolDefinitionError   a function that cannot become a tool (bad hints, bad options)
  |    +-- ArgumentValidationError  call arguments that fail a tool's schema
+ |    +-- MetadataError         malformed program metadata sent to the serving layer
  |    +-- GraphError            a DAG that cannot run
  |         +-- CycleError
  |         +-- UnknownNodeError  a reference to a node that does not exist
@@ -33,6 +34,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailableError",
     "GraphError",
+    "MetadataError",
     "ModelPreparationError",
     "PlanError",
     "ToolDefinitionError",
@@ -63,6 +65,10 @@ class ArgumentValidationError(UserError):
         super().__init__(f"invalid arguments for {tool!r}: {message}")
         self.tool = tool
         self.detail = message
+
+
+class MetadataError(UserError):
+    """Program metadata for the serving layer with wrong types, negative durations or unknown fields."""
 
 
 class GraphError(UserError):

@@ -14,13 +14,14 @@ import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import tenacity
 
+from agentflow import _context
 from agentflow.backends._protocol import LLMBackend, ProgramMetadata
 from agentflow.calls import CallContext, Callee
 from agentflow.exceptions import (
@@ -110,6 +111,7 @@ class Executor:
         self._llm_turns = itertools.count()
         self._closed = False
         self._cancelled = False
+        self._cancel_reason = "program cancelled"  # given to running calls too, not only pending ones
         self._settled = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._t0 = time.perf_counter()
@@ -145,6 +147,7 @@ class Executor:
         if self._cancelled:
             return
         self._cancelled = True
+        self._cancel_reason = reason
         self._closed = True
         self._ready.clear()
         self._tool_waiting.clear()
@@ -241,6 +244,7 @@ class Executor:
     async def _run(self, run: NodeRun, callee: Callee) -> None:
         """One call: resolve inputs, validate, invoke with timeout and retries, apply the outcome."""
         node = run.node
+        _context.detach()  # this task's context only: the callee runs as if outside the program
         try:
             arguments = self._bind(node, callee)
             output = await self._invoke(run, callee, arguments)
@@ -282,10 +286,22 @@ class Executor:
 
     async def _attempt(self, run: NodeRun, callee: Callee, arguments: dict[str, Any]) -> Any:
         if callee.runs_in_thread:
-            call = functools.partial(contextvars.copy_context().run, callee.invoke_sync, arguments)
-            awaitable: Any = self._loop.run_in_executor(self._thread_pool(), call)
-        else:
-            awaitable = callee.invoke(arguments, self._context(run, callee))
+            return await self._attempt_in_thread(callee, arguments)
+        awaitable = callee.invoke(arguments, self._context(run, callee))
+        if callee.timeout_s is None:  # the common case, without another coroutine frame
+            return await awaitable
+        return await self._with_timeout(callee, awaitable)
+
+    async def _attempt_in_thread(self, callee: Callee, arguments: dict[str, Any]) -> Any:
+        call = functools.partial(contextvars.copy_context().run, callee.invoke_sync, arguments)
+        try:
+            return await self._with_timeout(callee, self._loop.run_in_executor(self._thread_pool(), call))
+        except (ToolTimeoutError, asyncio.CancelledError):
+            # The abandoned call still holds its worker thread: later calls get a fresh pool, not a wait.
+            self._retire_pool()
+            raise
+
+    async def _with_timeout(self, callee: Callee, awaitable: Awaitable[Any]) -> Any:
         if callee.timeout_s is None:
             return await awaitable
         try:
@@ -321,6 +337,11 @@ class Executor:
             deadline_s=self.facts.deadline_s,
         )
 
+    def _retire_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)  # its running calls finish on their own threads
+            self._pool = None
+
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             # As many threads as calls may run: a blocking tool must never wait for a thread.
@@ -340,7 +361,7 @@ class Executor:
         self._settle_skipped(node_id, skipped)
 
     def _on_cancelled(self, node_id: str) -> None:
-        reason = "program cancelled" if self._cancelled else "call cancelled"
+        reason = self._cancel_reason if self._cancelled else "call cancelled"
         skipped = self.state.cancel(node_id, reason, self._now())
         self._settle_skipped(node_id, skipped)
 
