@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentflow.ir import CallKind
 
 if TYPE_CHECKING:
-    from agentflow.backends._protocol import LLMBackend, ProgramMetadata
+    from agentflow.backends._protocol import Completion, LLMBackend, ProgramMetadata
 
 __all__ = ["CallContext", "Callee"]
 
@@ -23,6 +23,7 @@ class CallContext:
     attempt: int = 1
     backend: LLMBackend | None = None  # set for LLM calls
     metadata: ProgramMetadata | None = None  # set for LLM calls
+    on_completion: Callable[[Completion], None] | None = None  # LLM calls report token usage here
 
 
 @runtime_checkable

@@ -23,8 +23,8 @@ from agentflow import _context
 from agentflow.backends import LLMBackend, resolve_backend
 from agentflow.backends._protocol import Completion, LLMRequest
 from agentflow.calls import Callee
-from agentflow.exceptions import UserError
-from agentflow.ir import CallGraph, CallNode, NodeState, ProgramFacts, Ref
+from agentflow.exceptions import AgentflowError, UserError
+from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, ProgramFacts, Ref
 from agentflow.semantic import SemanticVariable
 from agentflow.tools import ToolRegistry
 from executor import Executor, ExecutorObserver, RunResult
@@ -59,6 +59,8 @@ class Program:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._result: RunResult | None = None
         self.backend: LLMBackend = _LazyBackend(model)
+        # What a program-aware backend reported when the program ended (pins, queueing, cache hits).
+        self.serving: dict[str, Any] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -76,7 +78,7 @@ class Program:
             facts=facts,
             max_parallel=self._max_parallel,
             backend=self.backend,
-            observers=self._observers,
+            observers=(*self._observers, _ToolDurationFeed(self.backend)),
         )
         if self.deadline_s is not None:
             # A timer, not a timeout around the exit: the deadline must also stop a body awaiting a variable.
@@ -97,11 +99,13 @@ class Program:
         except asyncio.CancelledError:
             executor.cancel("program cancelled")
             self._result = executor.result()
+            _post_end_program(self.backend, self.program_id)
             raise
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             executor.shutdown()
+        self.serving = await _end_program(self.backend, self.program_id)
 
     def _on_deadline(self) -> None:
         self._running().cancel(f"deadline of {self.deadline_s:g} s passed")
@@ -187,6 +191,41 @@ class Program:
         return self._executor
 
 
+class _ToolDurationFeed:
+    """Reports each tool's real duration to a backend that learns from it (the program-aware engine)."""
+
+    def __init__(self, backend: _LazyBackend) -> None:
+        self._backend = backend
+
+    def on_node_start(self, program_id: str, node: CallNode) -> None:
+        pass
+
+    def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None:
+        if node.kind is not CallKind.TOOL or state not in (NodeState.DONE, NodeState.FAILED):
+            return
+        observe = getattr(self._backend.resolved, "observe_tool_duration", None)
+        if observe is not None:
+            observe(node.target, duration_s)
+
+
+async def _end_program(backend: _LazyBackend, program_id: str) -> dict[str, Any] | None:
+    """Tell a backend that keeps per-program state (pinned KV) that the program is over."""
+    end = getattr(backend.resolved, "end_program", None)
+    if end is None:
+        return None
+    try:
+        return await end(program_id)
+    except AgentflowError:  # an engine that died after the run must not turn its result into an error
+        return None
+
+
+def _post_end_program(backend: _LazyBackend, program_id: str) -> None:
+    # The task is being cancelled: post without awaiting.
+    post = getattr(backend.resolved, "post_end_program", None)
+    if post is not None:
+        post(program_id)
+
+
 class _LazyBackend:
     """Resolves the model string on the first LLM call, so tool-only programs never load a model."""
 
@@ -197,6 +236,11 @@ class _LazyBackend:
     def _get(self) -> LLMBackend:
         if self._backend is None:
             self._backend = resolve_backend(self._model)
+        return self._backend
+
+    @property
+    def resolved(self) -> LLMBackend | None:
+        """The backend if a call resolved it already (never loads one)."""
         return self._backend
 
     @property

@@ -129,6 +129,8 @@ class SemanticFunction:
         if ctx.backend is None:
             raise EngineError(f"{self.name}: no LLM backend configured for this program")
         completion = await ctx.backend.complete(self.request(arguments, ctx))
+        if ctx.on_completion is not None:
+            ctx.on_completion(completion)
         return self._output.parse(self.name, completion.text)
 
     def invoke_sync(self, arguments: dict[str, Any]) -> Any:

@@ -319,6 +319,7 @@ class Executor:
             attempt=run.attempts,
             backend=self._backend,
             metadata=self._metadata(run.node),
+            on_completion=functools.partial(_record_usage, run),
         )
 
     def _metadata(self, node: CallNode) -> ProgramMetadata:
@@ -335,7 +336,20 @@ class Executor:
             next_tool=next_tool.target if next_tool else None,
             next_tool_duration_s=next_tool.expected_duration_s if next_tool else None,
             deadline_s=self.facts.deadline_s,
+            critical_path_s=self._remaining_critical_path_s(node) if self.facts.deadline_s is not None else None,
         )
+
+    def _remaining_critical_path_s(self, node: CallNode) -> float | None:
+        """Longest chain of expected durations from this node to the end (None when none is known).
+
+        Weights outside the node and its descendants are 0, so the graph's longest path is the
+        longest chain that starts at this node.
+        """
+        graph = self.graph
+        ahead = graph.descendants(node.id) | {node.id}
+        weights = {nid: (graph[nid].expected_duration_s or 0.0) if nid in ahead else 0.0 for nid in ahead}
+        _, length = graph.critical_path(weights)
+        return length if length > 0 else None
 
     def _retire_pool(self) -> None:
         if self._pool is not None:
@@ -407,6 +421,15 @@ class Executor:
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
+
+
+def _record_usage(run: NodeRun, completion: Any) -> None:
+    usage = {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cached_tokens": completion.cached_tokens,
+    }
+    run.usage = {k: v for k, v in usage.items() if v is not None}
 
 
 def _is_retryable(exc: BaseException) -> bool:

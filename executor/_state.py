@@ -29,6 +29,7 @@ class NodeRun:
     end_s: float | None = None
     attempts: int = 0
     blocked_by: str | None = None  # the failed dependency that caused a skip
+    usage: dict[str, int] | None = None  # LLM calls: prompt, completion and prefix-cached tokens
 
     @property
     def duration_s(self) -> float:

@@ -25,6 +25,7 @@ class NodeRecord:
     attempts: int
     error: str | None
     deps: tuple[str, ...]
+    usage: dict[str, int] | None = None  # LLM calls: prompt_tokens, completion_tokens, cached_tokens
 
     @property
     def duration_s(self) -> float:
@@ -109,6 +110,7 @@ def _record(state: RunState, node_id: str) -> NodeRecord:
         attempts=run.attempts,
         error=run.error,
         deps=run.node.deps,
+        usage=dict(run.usage) if run.usage is not None else None,
     )
 
 

