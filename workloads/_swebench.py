@@ -251,11 +251,9 @@ def _timestamp(message: dict[str, Any]) -> float | None:
 
 
 def _program_id(data: Any, path: Path) -> str:
-    if isinstance(data, dict):
-        info = data.get("info") if isinstance(data.get("info"), dict) else {}
-        for holder in (data, info):
-            if isinstance(holder.get("instance_id"), str):
-                return str(holder["instance_id"])
+    for holder in (data if isinstance(data, dict) else {}, _child(data, "info")):
+        if isinstance(holder.get("instance_id"), str):
+            return str(holder["instance_id"])
     name = path.name
     for suffix in (".traj.json", ".json"):
         if name.endswith(suffix):
@@ -264,11 +262,14 @@ def _program_id(data: Any, path: Path) -> str:
 
 
 def _source(data: Any) -> str:
-    info = data.get("info") if isinstance(data, dict) and isinstance(data.get("info"), dict) else {}
-    config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    name = model.get("model_name")
+    name = _child(_child(_child(data, "info"), "config"), "model").get("model_name")
     return f"mini-swe-agent/{name}" if isinstance(name, str) else "mini-swe-agent"
+
+
+def _child(holder: Any, key: str) -> dict[str, Any]:
+    """`holder[key]` when both are mappings, else an empty one: trajectories vary in shape."""
+    value = holder.get(key) if isinstance(holder, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _token_estimator(chars_per_token: float) -> Callable[[str], int]:
