@@ -51,7 +51,6 @@ class Plan:
     nodes: tuple[CallNode, ...]
     thoughts: tuple[str, ...] = ()
     text: str = ""
-    joined: bool = True  # the plan ended with join()
 
 
 class PlanParser:
@@ -83,7 +82,7 @@ class PlanParser:
         self._thoughts: list[str] = []
         self._text: list[str] = []
         self._failed: PlanError | None = None
-        self.done = False  # join() or the end marker was seen
+        self.done = False  # join() was seen
 
     # -- feeding --------------------------------------------------------------------------------
 
@@ -128,11 +127,8 @@ class PlanParser:
     def _consume(self, raw: str) -> CallNode | None:
         self._line_no += 1
         line = raw.rstrip()
-        if line.endswith(END_OF_PLAN):
+        if line.endswith(END_OF_PLAN):  # LLMCompiler's end marker; join() is what ends a plan
             line = line[: -len(END_OF_PLAN)].rstrip()
-            if not line:
-                self.done = True
-                return None
         if not line.strip() or _FENCE.match(line):
             return None
         thought = _THOUGHT.match(line)

@@ -99,6 +99,7 @@ def test_parse_call_checks_the_registry(registry: ToolRegistry) -> None:
         pytest.param("1. now()\n2. lookup(", 2, "cannot parse", id="truncated-mid-call"),
         pytest.param('1. now()\n2. lookup("a")', 2, "without join", id="truncated-no-join"),
         pytest.param("", 1, "without join", id="empty"),
+        pytest.param("1. now()\n<END_OF_PLAN>", 2, "without join", id="end-marker-without-join"),
         pytest.param("1. lookup($7)\n2. join()", 1, "later step", id="forward-ref"),
         pytest.param('1. now()\n2. lookup("at $7")\n3. join()', 2, "later step", id="forward-ref-in-string"),
         pytest.param("1. anything($2)\n2. anything($1)\n3. join()", 1, "cycle", id="cycle"),

@@ -222,3 +222,10 @@ async def test_a_replan_that_repeats_finished_calls_reuses_their_results() -> No
     assert combine.deps == ("1", "2", "5") and combine.label == "6. join_words([$1, $2, $5])"
     assert result.run.outputs["6"] == "A B C"
     assert "not run again" in result.render()
+
+
+def test_sync_wrapper(registry: ToolRegistry) -> None:
+    from planner import compile_and_run_sync
+
+    result = compile_and_run_sync("t", tools=registry, model=ScriptedLLM(["1. now()\n2. join()", FINISH]))
+    assert result.answer == "42" and result.run.outputs == {"1": "noon"}
