@@ -508,6 +508,7 @@ class Pin:
     blocks: list[Any]  # the engine's block objects, in allocation order; one reference each
     block_ids: frozenset[int]
     hashes: tuple[bytes, ...]  # each block's prefix-cache hash: a later prompt reuses a leading run of them
+    rank: tuple[int, float, float] = (0, 0.0, 0.0)  # its program's place in the queue order (queue_key[1:4])
     num_tokens: int
     created_s: float  # monotonic
     expires_s: float  # monotonic
@@ -603,8 +604,20 @@ class PinBook:
     def next_expiry_s(self) -> float | None:
         return min((pin.expires_s for pin in self), default=None)
 
-    def cheapest_first(self, now_s: float, pending: set[int], exclude: set[int]) -> list[Pin]:
-        candidates = [pin for pin in self._by_id.values() if pin.pin_id not in exclude]
+    def cheapest_first(
+        self,
+        now_s: float,
+        pending: set[int],
+        exclude: set[int],
+        *,
+        ranked_after: tuple[int, float, float] | None = None,
+    ) -> list[Pin]:
+        """Pins in reclaim order; with `ranked_after`, only those of programs that come later in the queue."""
+        candidates = [
+            pin
+            for pin in self._by_id.values()
+            if pin.pin_id not in exclude and (ranked_after is None or pin.rank > ranked_after)
+        ]
         return sorted(candidates, key=lambda p: p.value_density(now_s, p.pin_id in pending))
 
 
@@ -716,6 +729,23 @@ class ServingMetrics:
     queued_requests: int = 0
     by_turn: dict[int, TurnStats] = field(default_factory=dict)
     admissions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=512))
+    recent_pins: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))  # TTL decisions
+
+    def record_pin(
+        self, *, program_id: str, turn: int, next_tool: str | None, num_blocks: int, ttl_s: float, p_done: float
+    ) -> None:
+        self.pins_created += 1
+        self.ttl_sum_s += ttl_s
+        self.recent_pins.append(
+            {
+                "program_id": program_id,
+                "turn": turn,
+                "next_tool": next_tool,
+                "num_blocks": num_blocks,
+                "ttl_s": round(ttl_s, 4),
+                "p_tool_done": round(p_done, 4),
+            }
+        )
 
     def record_admission(
         self, *, program_id: str | None, turn: int | None, prompt_tokens: int, cached_tokens: int, delay_s: float
@@ -779,4 +809,5 @@ class ServingMetrics:
                 "max_delay_s": round(self.queue_delay_max_s, 6),
             },
             "admissions": list(self.admissions),
+            "recent_pins": list(self.recent_pins),
         }

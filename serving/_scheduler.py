@@ -23,8 +23,10 @@ What it does with program requests:
   request has been scheduled and holds the blocks itself (hand-off: which pins a request
   reuses is known when it arrives, from its prompt's block hashes), on expiry unless a
   waiting request is about to reuse the pin, on `end_program` / the last turn / cancel,
-  under memory pressure (cheapest pin first, before vLLM would preempt or stall), and by
-  `reset_prefix_cache`. A program may hold several pins (parallel branches).
+  under memory pressure (cheapest pin first, before vLLM would preempt; a request only
+  takes pins of programs queued after its own, so an older program's context outlives a
+  younger program's work until its TTL ends), and by `reset_prefix_cache`. A program may
+  hold several pins (parallel branches).
 - **Urgency**: with `deadline_s`, a request's rank is its latest start time: the remaining
   deadline apportioned along `critical_path_s` (the DAG's remaining critical path) minus the
   call's expected execution time (prefill model + decode rate).
@@ -95,6 +97,7 @@ _PINNABLE_STATUSES = frozenset({_RequestStatus.FINISHED_STOPPED, _RequestStatus.
 _GC_INTERVAL_S = 1.0
 _EXPECTED_DECODE_TOKENS_CAP = 256  # max_tokens is a cap, not a forecast: bound the decode estimate
 _MAX_REJECTION_LOGS = 20
+_STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
 
 Key = tuple[int, int, float, float, float]
 
@@ -321,9 +324,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             super()._free_blocks(request)
             return
         now = time.monotonic()
-        ttl_s = self._pin_ttl(request, tracked, now)
+        ttl_s, p_done = self._pin_ttl(request, tracked, now)
         if ttl_s > 0:
-            self._pin(request, tracked, ttl_s, now)
+            self._pin(request, tracked, ttl_s, p_done, now)
         else:
             super()._free_blocks(request)
         if tracked.fields.is_last_turn:
@@ -417,8 +420,11 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 if tracked is not None and not tracked.admitted:
                     self._admitted(new.req_id, tracked, new.num_computed_tokens, now)
         if self._pins and output.total_num_scheduled_tokens == 0 and self.waiting and not self.running:
-            # Nothing runs and the head still does not fit: pins must not stall admission.
-            self._release_all(list(self._pins), "reclaim", now)
+            self._unstall(now)
+            wakeup_s = self.agentflow_next_wakeup_s()
+            if wakeup_s is not None:
+                # The head waits for an older program's pin to expire: do not spin empty steps meanwhile.
+                time.sleep(min(wakeup_s, _STALL_NAP_S))
 
     def _admitted(self, request_id: str, tracked: _Tracked, num_cached_tokens: int, now: float) -> None:
         tracked.admitted = True
@@ -446,19 +452,20 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     # -- pins -------------------------------------------------------------------------------------
 
-    def _pin_ttl(self, request: Any, tracked: _Tracked, now: float) -> float:
+    def _pin_ttl(self, request: Any, tracked: _Tracked, now: float) -> tuple[float, float]:
+        """The TTL to pin this finished call's blocks for (0: free them now), and P(tool done by then)."""
         fields = tracked.fields
         knobs = self.knobs
         if not (knobs.enabled and knobs.pinning and self._single_group):
-            return 0.0
+            return 0.0, 0.0
         if fields.next_tool is None or fields.is_last_turn or request.status not in _PINNABLE_STATUSES:
-            return 0.0
+            return 0.0, 0.0
         if not self._request_blocks_can_be_freed(request):
-            return 0.0
+            return 0.0, 0.0
         num_blocks = _num_hashed(self.kv_cache_manager.get_blocks(request.request_id).blocks[0])
         usable = self.kv_cache_manager.block_pool.num_gpu_blocks - 1 - len(self._ballast)
         if num_blocks == 0 or self._pins.num_blocks + num_blocks > knobs.max_pinned_fraction * usable:
-            return 0.0
+            return 0.0, 0.0
         free = self.kv_cache_manager.block_pool.get_num_free_blocks()
         choice = choose_ttl(
             self._predictor.distribution(fields.next_tool, fields.next_tool_duration_s),
@@ -469,9 +476,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         )
         if choice.ttl_s <= 0:
             self._metrics.pins_skipped += 1
-        return choice.ttl_s
+        return choice.ttl_s, choice.p_done
 
-    def _pin(self, request: Any, tracked: _Tracked, ttl_s: float, now: float) -> None:
+    def _pin(self, request: Any, tracked: _Tracked, ttl_s: float, p_done: float, now: float) -> None:
         """What `Scheduler._free_blocks` does, except that the prefix-cached blocks stay referenced."""
         blocks = self.kv_cache_manager.pop_blocks_for_free(request)
         del self.requests[request.request_id]
@@ -488,6 +495,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             blocks=kept,
             block_ids=frozenset(block.block_id for block in kept),
             hashes=tuple(self._hash_of(block) for block in kept),
+            rank=self._rank(request),
             num_tokens=num_tokens,
             created_s=now,
             expires_s=now + ttl_s,
@@ -496,8 +504,14 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             dist=self._predictor.distribution(fields.next_tool, fields.next_tool_duration_s),
         )
         tracked.program.pins_created += 1
-        self._metrics.pins_created += 1
-        self._metrics.ttl_sum_s += ttl_s
+        self._metrics.record_pin(
+            program_id=fields.program_id,
+            turn=fields.turn,
+            next_tool=fields.next_tool,
+            num_blocks=num_kept,
+            ttl_s=ttl_s,
+            p_done=p_done,
+        )
         self._metrics.pinned_blocks_peak = max(self._metrics.pinned_blocks_peak, self._pins.num_blocks)
 
     def _release_all(self, pins: Iterable[Any], reason: str, now: float) -> None:
@@ -528,34 +542,57 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             self._release_all(self._pins.expired(now, pending), "expired", now)
 
     def _reclaim(self, now: float, pending: set[int]) -> None:
-        """Release pins, cheapest first, until this step's demand for blocks fits."""
+        """Release pins, cheapest first, until this step's demand for blocks fits.
+
+        A request, running (its next blocks) or at the head of the queue, may take only pins of
+        programs that come after it in the queue order: an older program's pinned context, back
+        from its tool soon, outranks a younger program's work (program FCFS). Such pins leave on
+        expiry or hand-off instead, and vLLM preempts the youngest running request if it must.
+        """
         if not self._pins:
             return
         pool = self.kv_cache_manager.block_pool
-        free = pool.get_num_free_blocks()
-        demand, head_pins = self._demand_blocks()
-        if free >= demand:
+        growth, head_demand, head_pins = self._demand_blocks()
+        if pool.get_num_free_blocks() >= sum(blocks for _, blocks in growth) + head_demand:
             return
-        for pin in self._pins.cheapest_first(now, pending, head_pins):
-            self._release_all([pin], "reclaim", now)
-            free = pool.get_num_free_blocks()
-            if free >= demand:
+        demand = 0
+        for rank, blocks in growth:  # oldest program first
+            demand += blocks
+            self._release_until(demand, self._pins.cheapest_first(now, pending, head_pins, ranked_after=rank), now)
+        if head_demand and self.waiting:
+            head_rank = self._rank(self.waiting.peek_request())
+            later = self._pins.cheapest_first(now, pending, head_pins, ranked_after=head_rank)
+            self._release_until(demand + head_demand, later, now)
+
+    def _release_until(self, demand: int, pins: list[Any], now: float) -> None:
+        pool = self.kv_cache_manager.block_pool
+        for pin in pins:
+            if pool.get_num_free_blocks() >= demand:
                 return
+            if self._pins.get(pin.pin_id) is not None:
+                self._release_all([pin], "reclaim", now)
 
-    def _demand_blocks(self) -> tuple[int, set[int]]:
-        """Blocks this step may allocate, and the pins the head waiting request will reuse.
+    def _rank(self, request: Any) -> tuple[int, float, float]:
+        key = self._key(request)
+        return (key[1], key[2], key[3])
 
-        Demand: running requests' growth + the head's blocks less what its pins cover (those
-        pins are never reclaimed for it).
+    def _demand_blocks(self) -> tuple[list[tuple[tuple[int, float, float], int]], int, set[int]]:
+        """Blocks this step may allocate: running requests' growth and the head waiting request's.
+
+        Growth comes as (rank, blocks) per running request that needs blocks, oldest program first.
+        Also the pins the head will reuse: never reclaimed for it, its demand is net of them.
         """
         size = self.block_size
         manager = self.kv_cache_manager
         extra = 1 + self.num_lookahead_tokens
-        demand = 0
+        growth: list[tuple[tuple[int, float, float], int]] = []
         for request in self.running:
             held = len(manager.get_blocks(request.request_id).blocks[0])
             needed = request.num_tokens_with_spec + request.num_output_placeholders + extra
-            demand += max(0, math.ceil(needed / size) - held)
+            if (blocks := math.ceil(needed / size) - held) > 0:
+                growth.append((self._rank(request), blocks))
+        growth.sort(key=lambda item: item[0])
+        head_demand = 0
         head_pins: set[int] = set()
         if self.waiting:
             head = self.waiting.peek_request()
@@ -564,8 +601,23 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             if tracked is not None:
                 head_pins = {pin_id for pin_id in tracked.matches if self._pins.get(pin_id) is not None}
                 reused = max((tracked.matches[pin_id] for pin_id in head_pins), default=0)
-            demand += max(0, math.ceil((head.num_tokens + 1) / size) - reused)
-        return demand, head_pins
+            head_demand = max(0, math.ceil((head.num_tokens + 1) / size) - reused)
+        return growth, head_demand, head_pins
+
+    def _unstall(self, now: float) -> None:
+        """Nothing runs and the head still does not fit beside the pins.
+
+        Pins of later programs go, and so do pins whose waiting turn sits behind the head (a
+        pending hand-off that cannot happen before the head runs). Pins of earlier programs
+        that nobody waits for stay: their TTL bounds the wait.
+        """
+        head = self.waiting.peek_request()
+        tracked = self._tracked.get(head.request_id)
+        keep = set(tracked.matches) if tracked is not None else set()
+        rank = self._rank(head)
+        pending = self._pending_handoffs()
+        stalling = [pin for pin in self._pins if pin.pin_id not in keep and (pin.rank > rank or pin.pin_id in pending)]
+        self._release_all(stalling, "reclaim", now)
 
     def _maybe_end_program(self, program: ProgramState, now: float) -> None:
         if any(t.program is program for t in self._tracked.values()):

@@ -78,6 +78,11 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--concurrency", type=int, default=8, help="K (default 8)")
     bench.add_argument("--max-tokens", type=int, default=192, help="per LLM call (default 192)")
 
+    from workloads import _replay_bench, _replay_cli
+
+    _replay_cli.register(subparsers)
+    _replay_bench.register_bench()
+
 
 def _run(args: argparse.Namespace) -> int:
     from workloads._bfcl import BfclOptions, run_bfcl

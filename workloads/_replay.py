@@ -43,6 +43,7 @@ __all__ = [
     "poisson_arrivals",
     "program_tokens",
     "replay_programs",
+    "speed_check",
     "throughput_probe",
 ]
 
@@ -569,6 +570,31 @@ async def throughput_probe(
         "best_wall_s": best_s,
         "requests_per_s": num_requests / best_s,
         "output_tokens_per_s": num_requests * output_tokens / best_s,
+    }
+
+
+async def speed_check(
+    engine: Any, *, prompt_tokens: int = 512, output_tokens: int = 32, seed: int = 0
+) -> dict[str, Any]:
+    """One plain request alone on the engine: its prefill and per-token decode time.
+
+    Run before each policy's replay. The policies run one after another, so a machine whose
+    load changed in between (another process on the cores the engine's threads are bound to
+    slows every step many times over) shows here as a spread between the policies' figures.
+    """
+    prompt = program_tokens(prompt_tokens, seed=seed, key="speed-check")
+    started = time.perf_counter()
+    first_s: float | None = None
+    async for chunk in engine.generate(prompt=prompt, max_tokens=output_tokens, ignore_eos=True):
+        if chunk.token_ids and first_s is None:
+            first_s = time.perf_counter() - started
+    total_s = time.perf_counter() - started
+    prefill_s = first_s if first_s is not None else total_s
+    return {
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "prefill_s": prefill_s,
+        "decode_s_per_token": (total_s - prefill_s) / max(1, output_tokens - 1),
     }
 
 

@@ -5,7 +5,7 @@ Keys of the report (ratios > 1 mean agentflow is faster):
 - `mean_jct_ratio_vs_priority`: vLLM's priority policy keyed by program arrival / agentflow, which
   isolates what KV pinning adds to program-level ordering;
 - `throughput_cost_pct`: how much slower agentflow's engine serves a burst of single-turn requests
-  without metadata than the stock engine (best of 3 bursts each; negative: faster);
+  without metadata than the stock engine (best of 5 bursts each; negative: faster);
 - `policies`: every policy's absolute figures; `settings` and `workload`: every setting used.
 """
 
@@ -46,6 +46,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     options = options_from_args(args, probe=ProbeSettings(), probe_policies=("vllm", "agentflow"))
     result = run_replay(options)
     print(render_table(result.report), file=sys.stderr)
+    if warning := result.report["machine"]["warning"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return serving_figures(result.report)
 
 
@@ -70,6 +72,7 @@ def serving_figures(report: dict[str, Any]) -> dict[str, Any]:
         "unavailable": {
             name: fig.get("reason") for name, fig in policies.items() if fig.get("status") in ("unavailable", "failed")
         },
+        "machine": report.get("machine"),
         "policies": policies,
         "settings": report["settings"],
         "workload": report["workload"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,12 @@ def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory (default: a new one)")
     parser.add_argument("--resume", action="store_true", help="reuse policies already finished in --out")
-    parser.add_argument("--timeout-s", type=float, default=None, help="give up on a policy after this long")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=DEFAULTS.worker_timeout_s,
+        help=f"give up on a policy after this long (default {DEFAULTS.worker_timeout_s:g} s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -146,6 +152,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     result = run_replay(options_from_args(args))
     print(render_table(result.report))
     print(f"\nscaling: {result.report['settings']['scaling_note']}")
+    if warning := result.report["machine"]["warning"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report {result.out_dir / 'report.json'}" + (f"; plot {result.plot_path}" if result.plot_path else ""))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

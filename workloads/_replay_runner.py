@@ -71,7 +71,7 @@ class ProbeSettings:
     num_requests: int = 32
     prompt_tokens: int = 256
     output_tokens: int = 32
-    repeats: int = 3
+    repeats: int = 5  # best of: the least disturbed burst
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +123,7 @@ DEFAULTS = ReplayOptions(
     scaling=TraceScaling(token_divisor=12, max_turns=16, max_programs=16, max_context_tokens=2048, tool_time_scale=0.1),
     rate_per_s=1.0,
     engine=EngineSettings(kv_cache_bytes=56 * _MiB, max_model_len=2048),
+    worker_timeout_s=900.0,  # a policy that stalls is reported failed; the others still run
 )
 
 
@@ -155,6 +156,7 @@ def run_replay(options: ReplayOptions) -> ReplayReport:
             outcomes[name] = ran
     plot_path = _plot(outcomes, out_dir, options) if outcomes else None
     report = {
+        "machine": _machine_check(policies),
         "settings": _settings(options),
         "workload": {**_workload(programs, arrivals, deadlines), **_time_shares(recorded, programs, options)},
         "policies": policies,
@@ -207,6 +209,8 @@ def _run_policy(
         "engine_startup_s": raw.get("engine_startup_s"),
         "replay_wall_s": raw.get("replay_wall_s"),
         "engine_stats": raw.get("engine_stats"),
+        "speed_check": raw.get("speed_check"),
+        "serving_metrics": raw.get("serving_metrics"),
     }
     if raw.get("probe") is not None:
         figures["throughput_probe"] = raw["probe"]
@@ -349,6 +353,29 @@ def _workload(programs: list[ScaledProgram], arrivals: list[float] | None, deadl
         "last_arrival_s": arrivals[-1] if arrivals else None,
         "deadline_mean_s": sum(deadlines) / len(deadlines),
     }
+
+
+# Beyond this spread in the per-policy speed checks, the policies did not run on equal machines.
+_SPEED_SPREAD_WARN_PCT = 25.0
+
+
+def _machine_check(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether every policy ran on an equally fast machine (decode speed of one plain request)."""
+    decode = {
+        name: fig["speed_check"]["decode_s_per_token"]
+        for name, fig in policies.items()
+        if fig.get("status") == "ok" and fig.get("speed_check")
+    }
+    if len(decode) < 2:
+        return {"decode_s_per_token": decode, "speed_spread_pct": None, "warning": None}
+    spread_pct = (max(decode.values()) / min(decode.values()) - 1) * 100
+    warning = (
+        f"the policies' speed checks differ by {spread_pct:.0f}%: the machine's load changed during the run "
+        "(another process on the engine's cores); the comparison is not on equal terms, run it again on an idle machine"
+        if spread_pct > _SPEED_SPREAD_WARN_PCT
+        else None
+    )
+    return {"decode_s_per_token": decode, "speed_spread_pct": spread_pct, "warning": warning}
 
 
 def _time_shares(recorded: list[TraceProgram], programs: list[ScaledProgram], options: ReplayOptions) -> dict[str, Any]:

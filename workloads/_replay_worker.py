@@ -22,6 +22,7 @@ from workloads._replay import (
     RuntimeHooks,
     get_policy,
     replay_programs,
+    speed_check,
     throughput_probe,
 )
 from workloads._trace import ScaledProgram
@@ -67,6 +68,7 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
         send_deadlines=bool(spec.get("send_deadlines", False)),
     )
     sink = _ProgramSink(spec.get("results_path"), policy.name, len(programs), spec.get("progress"))
+    speed = await speed_check(engine, seed=spec["seed"])
     started = time.perf_counter()
     try:
         outcomes, engine_stats = await replay_programs(
@@ -79,6 +81,7 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
     serving_metrics = await engine.agentflow_metrics() if policy.program_metadata else None
     probe = await throughput_probe(engine, **spec["probe"]) if spec.get("probe") else None
     return {
+        "speed_check": speed,
         "serving_metrics": serving_metrics,
         "policy": policy.name,
         "engine_startup_s": engine.startup_s,

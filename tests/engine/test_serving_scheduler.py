@@ -61,14 +61,9 @@ async def turn(engine: EmbeddedEngine, prompt: list[int], *, max_tokens: int = 8
 # -- pinning ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open in issue 4: on a fresh clone the pin-hit counter stayed 0 in this scenario "
-    "(1 failure of 613 in `make test`); the fix in progress was not verified before the session ended",
-)
 async def test_pinned_turn_two_hits_under_pressure_where_stock_gets_nothing(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=30)
+    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=600)  # outlives the fillers on a slow box
     now = time.time()
     pinned_prompt = token_prompt(10 * BLOCK, key("pinned"))
     plain_prompt = token_prompt(10 * BLOCK, key("plain"))
@@ -93,7 +88,7 @@ async def test_pinned_turn_two_hits_under_pressure_where_stock_gets_nothing(serv
 
 async def test_hand_off_releases_the_pin_once_the_next_turn_holds_the_blocks(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(fixed_ttl_s=30)
+    await engine.configure_scheduler(fixed_ttl_s=600)
     before = await metrics(engine)
     now = time.time()
     program = f"{RUN}-handoff"
@@ -118,7 +113,7 @@ async def test_hand_off_releases_the_pin_once_the_next_turn_holds_the_blocks(ser
 
 async def test_pin_expires_when_its_program_sends_nothing(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(fixed_ttl_s=0.3)
+    await engine.configure_scheduler(fixed_ttl_s=1.0)
     free_before = await engine.num_free_blocks()
     before = await metrics(engine)
     await turn(
@@ -126,10 +121,12 @@ async def test_pin_expires_when_its_program_sends_nothing(serving: EmbeddedEngin
     )
     assert (await metrics(engine))["pins"]["active"] == before["pins"]["active"] + 1
     assert await engine.num_free_blocks() == free_before - 6
-    await asyncio.sleep(0.8)  # the idle engine wakes up for the expiry on its own
+    await asyncio.sleep(3.0)  # nothing is sent meanwhile: the idle engine wakes up for the expiry on its own
     after = await metrics(engine)
     assert after["pins"]["expired"] == before["pins"]["expired"] + 1
     assert after["pins"]["active"] == before["pins"]["active"]
+    # 6 blocks held ~1 s, not until this read 3 s later.
+    assert after["pins"]["pinned_block_s"] - before["pins"]["pinned_block_s"] < 6 * 2.5
     assert await engine.num_free_blocks() == free_before
 
 
@@ -137,30 +134,54 @@ async def test_cost_model_pins_for_about_a_tool_pause_when_memory_is_free(servin
     engine = serving
     program = f"{RUN}-ttl"
     await turn(engine, token_prompt(4 * BLOCK, key("ttl")), extra_args=metadata(program, 0, arrival_s=time.time()))
-    snapshot = await metrics(engine)
-    assert 0.3 < snapshot["pins"]["mean_ttl_s"] < 40  # the prior: p50 0.27 s, p99 3.3 s
+    [pin] = [p for p in (await metrics(engine))["recent_pins"] if p["program_id"] == program]
+    assert 0.3 < pin["ttl_s"] <= 30 + 0.05  # the prior (p50 0.27 s, p99 3.3 s), at most tau_max + slack
+    assert pin["p_tool_done"] >= 0.9 and pin["num_blocks"] == 4
     await engine.end_program(program)
 
 
 async def test_pins_are_reclaimed_under_pressure_instead_of_stalling(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=60)
+    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=600)
     before = await metrics(engine)
-    await turn(
-        engine, token_prompt(10 * BLOCK, key("reclaim")), extra_args=metadata(f"{RUN}-rc", 0, arrival_s=time.time())
-    )
+    now = time.time()
+    young = metadata(f"{RUN}-rc-young", 0, arrival_s=now)
+    await turn(engine, token_prompt(10 * BLOCK, key("reclaim")), extra_args=young)
     assert (await metrics(engine))["pins"]["blocks_pinned"] == 10
-    # 35 blocks do not fit beside the pin (30 free): the pin goes, the request runs.
-    big = await asyncio.wait_for(turn(engine, token_prompt(35 * BLOCK, key("big")), max_tokens=4), timeout=120)
+    # 35 blocks do not fit beside the pin (30 free). An older program outranks the pin's: the pin
+    # goes (long before its TTL), the request runs.
+    old = metadata(f"{RUN}-rc-old", 0, arrival_s=now - 100, last=True)
+    big = await asyncio.wait_for(
+        turn(engine, token_prompt(35 * BLOCK, key("big")), max_tokens=4, extra_args=old), timeout=900
+    )
     assert big.finish_reason == "length"
     after = await metrics(engine)
     assert after["pins"]["reclaimed"] == before["pins"]["reclaimed"] + 1
     assert after["pins"]["active"] == 0
 
 
+async def test_a_younger_request_waits_for_an_older_programs_pin_to_expire(serving: EmbeddedEngine) -> None:
+    engine = serving
+    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=1.5)
+    before = await metrics(engine)
+    now = time.time()
+    await turn(
+        engine, token_prompt(10 * BLOCK, key("elder")), extra_args=metadata(f"{RUN}-elder", 0, arrival_s=now - 100)
+    )
+    started = time.monotonic()
+    # A plain request arriving now is younger than the pinned program: it waits for the TTL, no longer.
+    big = await asyncio.wait_for(turn(engine, token_prompt(35 * BLOCK, key("younger")), max_tokens=4), timeout=900)
+    waited_s = time.monotonic() - started
+    assert big.finish_reason == "length"
+    after = await metrics(engine)
+    assert after["pins"]["expired"] == before["pins"]["expired"] + 1
+    assert after["pins"]["reclaimed"] == before["pins"]["reclaimed"]
+    assert waited_s > 1.0  # it did wait for the TTL (and was not stuck: it finished)
+
+
 async def test_reset_prefix_cache_works_while_pins_exist(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(fixed_ttl_s=60, kv_block_limit=100)
+    await engine.configure_scheduler(fixed_ttl_s=600, kv_block_limit=100)
     prompt = token_prompt(5 * BLOCK, key("reset"))
     first = await turn(engine, prompt, extra_args=metadata(f"{RUN}-reset", 0, arrival_s=time.time()))
     assert (await metrics(engine))["pins"]["active"] == 1
@@ -184,7 +205,7 @@ async def _admission_order(engine: EmbeddedEngine, programs: list[tuple[str, dic
     ]
     async for _ in blocker:
         pass
-    await asyncio.wait_for(asyncio.gather(*waiting), timeout=180)
+    await asyncio.wait_for(asyncio.gather(*waiting), timeout=900)
     names = {extra["program_id"] for _, extra in programs}
     return [a["program_id"] for a in (await metrics(engine))["admissions"] if a["program_id"] in names]
 
@@ -244,7 +265,7 @@ async def test_preemption_takes_the_youngest_program(serving: EmbeddedEngine) ->
     young = asyncio.ensure_future(run("young", t0 + 50, young_started))
     await young_started.wait()
     old = asyncio.ensure_future(run("old", t0))
-    await asyncio.wait_for(asyncio.gather(young, old), timeout=180)
+    await asyncio.wait_for(asyncio.gather(young, old), timeout=900)
     assert finished == ["old", "young"]
 
 
@@ -286,8 +307,8 @@ async def test_requests_without_metadata_are_scheduled_exactly_as_stock_vllm(
     )
     try:
         await engine.configure_scheduler(kv_block_limit=usable)
-        ours = await asyncio.wait_for(submit_together(engine, plain_burst_requests(RUN)), timeout=300)
-        out, err = await asyncio.to_thread(stock.communicate, timeout=400)
+        ours = await asyncio.wait_for(submit_together(engine, plain_burst_requests(RUN)), timeout=900)
+        out, err = await asyncio.to_thread(stock.communicate, timeout=900)
     finally:
         if stock.poll() is None:
             stock.kill()
@@ -354,7 +375,7 @@ async def test_bad_knobs_are_user_errors(serving: EmbeddedEngine) -> None:
 
 async def test_concurrent_requests_of_one_program_keep_their_pins(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(fixed_ttl_s=30, kv_block_limit=120)
+    await engine.configure_scheduler(fixed_ttl_s=600, kv_block_limit=120)
     free_before = await engine.num_free_blocks()
     program, now = f"{RUN}-branches", time.time()
     shared = token_prompt(4 * BLOCK, key("shared"))
@@ -468,7 +489,7 @@ async def test_soak_200_programs_under_pressure_with_random_cancels(serving: Emb
             except asyncio.CancelledError:
                 outcomes.append("cancelled")
 
-    await asyncio.wait_for(asyncio.gather(*(guarded(i) for i in range(200))), timeout=600)
+    await asyncio.wait_for(asyncio.gather(*(guarded(i) for i in range(200))), timeout=1800)
     assert len(outcomes) == 200 and outcomes.count("cancelled") > 0
     assert await engine.num_unfinished_requests() == 0
     assert await engine.num_free_blocks() == free_before

@@ -234,3 +234,16 @@ def test_options_need_one_arrival_mode_and_known_policies(tmp_path: Path) -> Non
         ReplayOptions()
     with pytest.raises(UserError, match="unknown policy"):
         ReplayOptions(rate_per_s=1.0, policies=("fifo",))
+
+
+def test_machine_check_flags_unequal_runs() -> None:
+    from workloads._replay_runner import _machine_check
+
+    def fig(decode_s: float) -> dict[str, Any]:
+        return {"status": "ok", "speed_check": {"decode_s_per_token": decode_s}}
+
+    even = _machine_check({"vllm": fig(0.025), "agentflow": fig(0.027), "priority": {"status": "failed"}})
+    assert even["speed_spread_pct"] == pytest.approx(8.0) and even["warning"] is None
+    uneven = _machine_check({"vllm": fig(0.025), "agentflow": fig(0.5)})
+    assert uneven["warning"] is not None and "idle machine" in uneven["warning"]
+    assert _machine_check({"vllm": fig(0.025)})["speed_spread_pct"] is None
