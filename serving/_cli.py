@@ -32,9 +32,7 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--max-model-len", type=int, default=4096)
     serve.add_argument("--max-num-seqs", type=int, default=64)
     serve.add_argument("--block-size", type=int, default=32, help="tokens per KV block (a multiple of 32 on CPU)")
-    serve.add_argument(
-        "--scheduler-policy", default=None, help='scheduler knobs as JSON, e.g. \'{"fixed_ttl_s": 2}\''
-    )
+    serve.add_argument("--scheduler-policy", default=None, help="scheduler knobs as JSON, e.g. '{\"fixed_ttl_s\": 2}'")
     serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
     serve.set_defaults(func=_serve)

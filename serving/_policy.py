@@ -150,6 +150,10 @@ class PolicyKnobs(BaseModel):
     tool_window: int = Field(default=256, ge=1)  # recent durations kept per tool
     program_idle_gc_s: float = Field(default=600.0, gt=0)  # forget programs idle this long
     kv_block_limit: int | None = Field(default=None, ge=1)  # usable KV blocks (emulates a smaller cache)
+    # Admission control: a program with nothing resident (no pin, nothing running) is admitted only
+    # if, beside it, older resident programs keep room for this many turns of their context growth.
+    # 0: admit whatever fits now (vLLM's rule), so younger programs' pins get reclaimed as older ones grow.
+    reserve_turns: float = Field(default=8.0, ge=0)
 
 
 def parse_knobs(base: PolicyKnobs | None, updates: Mapping[str, Any]) -> PolicyKnobs:
@@ -495,6 +499,38 @@ def queue_key(
     return (tier, user_priority, rank, program_s, arrival_s)
 
 
+def growth_reserve_blocks(growth_tokens: float | None, *, block_size: int, turns: float) -> int:
+    """Blocks to keep free for `turns` turns of a resident program's growth (2 blocks a turn unknown)."""
+    per_turn = growth_tokens if growth_tokens is not None else 2.0 * block_size
+    return math.ceil(turns * per_turn / block_size) + 1 if turns > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionCandidate:
+    """A waiting request as admission control sees it, in queue order."""
+
+    new_blocks: int  # blocks it would allocate now (prompt less its prefix-cache hits)
+    own_reserve: int  # blocks its own next turns will want once resident (cold only)
+    reserve_before: int  # growth reserve of resident programs queued before it (not waiting themselves)
+    reclaimable: int  # blocks of programs queued after it (pins, running requests): they yield to it
+
+
+def cold_fits(*, free_blocks: int, spent_blocks: int, candidate: AdmissionCandidate) -> bool:
+    """Whether a cold request may be admitted now (admission control).
+
+    It must fit beside what is queued ahead of it (`spent_blocks`) and the growth reserve of
+    older resident programs; what younger programs hold counts as room (their pins are
+    reclaimed for it, their running requests preempted).
+    The scheduler holds the first cold request that does not fit and every cold one after it
+    (FCFS among programs); warm and plain requests are never held.
+    """
+    # Its own reserve guards it against older programs' growth: with none resident, it is the
+    # oldest and takes what it grows into from younger programs.
+    own = candidate.own_reserve if candidate.reserve_before > 0 else 0
+    need = spent_blocks + candidate.new_blocks + own + candidate.reserve_before
+    return need <= free_blocks + candidate.reclaimable
+
+
 # -- pins -------------------------------------------------------------------------------------------
 
 
@@ -637,6 +673,15 @@ class ProgramState:
     pins_created: int = 0
     pins_hit: int = 0
     ended: bool = False
+    last_prompt_tokens: int = 0
+    growth_tokens: float | None = None  # EWMA of how much its prompt grows per turn (output + tool output)
+
+    def observe_prompt(self, num_prompt_tokens: int) -> None:
+        """A new request's prompt: learn the per-turn growth from the previous one."""
+        if self.last_prompt_tokens and num_prompt_tokens > self.last_prompt_tokens:
+            delta = float(num_prompt_tokens - self.last_prompt_tokens)
+            self.growth_tokens = delta if self.growth_tokens is None else 0.5 * self.growth_tokens + 0.5 * delta
+        self.last_prompt_tokens = num_prompt_tokens
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -714,6 +759,8 @@ class ServingMetrics:
     pins_hit: int = 0  # the program's next request reused the pinned blocks
     pins_expired: int = 0
     pins_reclaimed: int = 0  # released for memory
+    # why: a running request's growth, the head's admission, or a stall (nothing runs, the head waits)
+    reclaimed_for: dict[str, int] = field(default_factory=lambda: {"growth": 0, "admission": 0, "stall": 0})
     pins_released_end: int = 0  # program ended, was cancelled, or finished its last turn
     pins_released_other: int = 0  # reset_prefix_cache, knobs turned off
     pins_skipped: int = 0  # a tool followed but the cost model chose no pin
@@ -724,6 +771,7 @@ class ServingMetrics:
     requests_with_metadata: int = 0
     requests_without_metadata: int = 0
     metadata_rejected: int = 0
+    requests_held: int = 0  # program requests admission control kept waiting at least one step
     queue_delay_sum_s: float = 0.0
     queue_delay_max_s: float = 0.0
     queued_requests: int = 0
@@ -776,6 +824,7 @@ class ServingMetrics:
                 "hit": self.pins_hit,
                 "expired": self.pins_expired,
                 "reclaimed": self.pins_reclaimed,
+                "reclaimed_for": dict(self.reclaimed_for),
                 "released_on_end": self.pins_released_end,
                 "released_other": self.pins_released_other,
                 "skipped_by_cost_model": self.pins_skipped,
@@ -791,6 +840,7 @@ class ServingMetrics:
                 "with_metadata": self.requests_with_metadata,
                 "without_metadata": self.requests_without_metadata,
                 "metadata_rejected": self.metadata_rejected,
+                "held_by_admission_control": self.requests_held,
             },
             "prefix_cache_by_turn": {
                 str(turn): {

@@ -69,6 +69,7 @@ from typing import Any
 
 from serving import _vllm
 from serving._policy import (
+    AdmissionCandidate,
     PinBook,
     PolicyKnobs,
     PrefillTimeModel,
@@ -78,6 +79,8 @@ from serving._policy import (
     ServingMetrics,
     ToolDurationPredictor,
     choose_ttl,
+    cold_fits,
+    growth_reserve_blocks,
     latest_start_s,
     parse_knobs,
     parse_or_none,
@@ -100,6 +103,7 @@ _MAX_REJECTION_LOGS = 20
 _STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
 
 Key = tuple[int, int, float, float, float]
+Rank = tuple[int, float, float]  # a request's program's place in the queue order: Key[1:4]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -112,6 +116,7 @@ class _Tracked:
     prompt_tokens: int
     matches: dict[int, int]  # pin id -> blocks of that pin the prompt reuses (by prefix-cache hash)
     admitted: bool = False
+    held: bool = False  # admission control held it back at least once
 
 
 class ProgramQueue(_FCFSRequestQueue):  # type: ignore[misc,valid-type]
@@ -152,6 +157,10 @@ class ProgramQueue(_FCFSRequestQueue):  # type: ignore[misc,valid-type]
         for request in requests:
             if self._is_program(request):
                 self._insert(request)
+
+    def reinsert(self, request: Any) -> None:
+        """Put back a request taken out for one step (admission control): in key order."""
+        self._insert(request)
 
     def _insert(self, request: Any) -> None:
         key = self._key(request)
@@ -286,6 +295,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         now = time.monotonic()
         program = self._programs.touch(fields, now_s=now, arrival_s=request.arrival_time)
         program.num_requests += 1
+        program.observe_prompt(request.num_prompt_tokens)
         matches = self._pins.matching(fields.program_id, request.block_hashes) if self._pins else {}
         self._tracked[request.request_id] = _Tracked(
             fields=fields, program=program, arrival_s=now, prompt_tokens=request.num_prompt_tokens, matches=matches
@@ -298,14 +308,20 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         now = time.monotonic()
         if self.knobs.kv_block_limit is not None or self._ballast:
             self._adjust_ballast()
+        held: list[Any] = []
         if self._tracked or self._pins:
             pending = self._pending_handoffs() if self._pins else set()
             self._expire(now, pending)
+            held = self._hold_back()
             self._reclaim(now, pending)
             self._collect_garbage(now)
         if self._tracked or self._by_priority:
             self.running.sort(key=self._key)  # vLLM (FCFS machinery) preempts the last one
-        output = super().schedule(*args, **kwargs)
+        try:
+            output = super().schedule(*args, **kwargs)
+        finally:
+            for request in held:
+                self.waiting.reinsert(request)
         self._after_schedule(output, time.monotonic())
         return output
 
@@ -319,14 +335,14 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     def _free_blocks(self, request: Any) -> None:
         tracked = self._tracked.pop(request.request_id, None)
-        self._keys.pop(request.request_id, None)
-        if tracked is None:
+        key = self._keys.pop(request.request_id, None)
+        if tracked is None or key is None:
             super()._free_blocks(request)
             return
         now = time.monotonic()
         ttl_s, p_done = self._pin_ttl(request, tracked, now)
         if ttl_s > 0:
-            self._pin(request, tracked, ttl_s, p_done, now)
+            self._pin(request, tracked, ttl_s, p_done, now, rank=(key[1], key[2], key[3]))
         else:
             super()._free_blocks(request)
         if tracked.fields.is_last_turn:
@@ -478,7 +494,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             self._metrics.pins_skipped += 1
         return choice.ttl_s, choice.p_done
 
-    def _pin(self, request: Any, tracked: _Tracked, ttl_s: float, p_done: float, now: float) -> None:
+    def _pin(self, request: Any, tracked: _Tracked, ttl_s: float, p_done: float, now: float, *, rank: Rank) -> None:
         """What `Scheduler._free_blocks` does, except that the prefix-cached blocks stay referenced."""
         blocks = self.kv_cache_manager.pop_blocks_for_free(request)
         del self.requests[request.request_id]
@@ -495,7 +511,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             blocks=kept,
             block_ids=frozenset(block.block_id for block in kept),
             hashes=tuple(self._hash_of(block) for block in kept),
-            rank=self._rank(request),
+            rank=rank,  # the program's place in the queue order (its key is gone by now)
             num_tokens=num_tokens,
             created_s=now,
             expires_s=now + ttl_s,
@@ -558,19 +574,21 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         demand = 0
         for rank, blocks in growth:  # oldest program first
             demand += blocks
-            self._release_until(demand, self._pins.cheapest_first(now, pending, head_pins, ranked_after=rank), now)
+            later = self._pins.cheapest_first(now, pending, head_pins, ranked_after=rank)
+            self._release_until(demand, later, now, "growth")
         if head_demand and self.waiting:
             head_rank = self._rank(self.waiting.peek_request())
             later = self._pins.cheapest_first(now, pending, head_pins, ranked_after=head_rank)
-            self._release_until(demand + head_demand, later, now)
+            self._release_until(demand + head_demand, later, now, "admission")
 
-    def _release_until(self, demand: int, pins: list[Any], now: float) -> None:
+    def _release_until(self, demand: int, pins: list[Any], now: float, cause: str) -> None:
         pool = self.kv_cache_manager.block_pool
         for pin in pins:
             if pool.get_num_free_blocks() >= demand:
                 return
             if self._pins.get(pin.pin_id) is not None:
                 self._release_all([pin], "reclaim", now)
+                self._metrics.reclaimed_for[cause] += 1
 
     def _rank(self, request: Any) -> tuple[int, float, float]:
         key = self._key(request)
@@ -604,6 +622,104 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             head_demand = max(0, math.ceil((head.num_tokens + 1) / size) - reused)
         return growth, head_demand, head_pins
 
+    # -- admission control ------------------------------------------------------------------------
+
+    def _hold_back(self) -> list[Any]:
+        """Take this step's cold program requests that must wait out of the queue (see `cold_fits`).
+
+        Cold: its program has nothing resident (no pin, no running request), so admitting it
+        takes fresh blocks that older resident programs will want as their contexts grow; once
+        they want them, the youngest programs' pins would be reclaimed and re-prefilled later.
+        Nothing is held while nothing runs and nothing is pinned.
+        """
+        knobs = self.knobs
+        if not (knobs.enabled and knobs.pinning and knobs.reserve_turns > 0 and self._single_group):
+            return []
+        if not self.waiting or not (self.running or self._pins):
+            return []
+        resident = self._resident_programs()
+        queued = list(self.waiting)
+        waiting_programs = {t.program.program_id for r in queued if (t := self._tracked.get(r.request_id)) is not None}
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        spent = 0
+        held: list[Any] = []
+        for request in queued:
+            tracked = self._tracked.get(request.request_id)
+            if tracked is None or tracked.program.program_id in resident:
+                spent += self._new_blocks(request)  # plain or warm: vLLM admits it ahead if it fits
+                continue
+            if held or not cold_fits(
+                free_blocks=free,
+                spent_blocks=spent,
+                candidate=self._admission_candidate(request, tracked, resident, waiting_programs),
+            ):
+                held.append(request)
+                continue
+            spent += self._new_blocks(request)
+        if held:
+            self.waiting.remove_requests(held)
+        for request in held:
+            tracked = self._tracked[request.request_id]
+            if not tracked.held:
+                tracked.held = True
+                self._metrics.requests_held += 1
+        return held
+
+    def _admission_candidate(
+        self,
+        request: Any,
+        tracked: _Tracked,
+        resident: dict[str, tuple[tuple[int, float, float], ProgramState]],
+        waiting_programs: set[str],
+    ) -> AdmissionCandidate:
+        rank = self._rank(request)
+        turns = self.knobs.reserve_turns
+        size = self.block_size
+        return AdmissionCandidate(
+            new_blocks=self._new_blocks(request),
+            own_reserve=growth_reserve_blocks(tracked.program.growth_tokens, block_size=size, turns=turns),
+            reserve_before=sum(
+                growth_reserve_blocks(state.growth_tokens, block_size=size, turns=turns)
+                for program_id, (program_rank, state) in resident.items()
+                if program_rank < rank and program_id not in waiting_programs
+            ),
+            reclaimable=self._yielding_blocks(rank),
+        )
+
+    def _yielding_blocks(self, rank: tuple[int, float, float]) -> int:
+        """Blocks that programs queued after `rank` give up for it.
+
+        Their pins (reclaimed) and their running requests' blocks (vLLM preempts the youngest first).
+        """
+        manager = self.kv_cache_manager
+        pinned = sum(pin.num_blocks for pin in self._pins if pin.rank > rank)
+        running = sum(len(manager.get_blocks(r.request_id).blocks[0]) for r in self.running if self._rank(r) > rank)
+        return pinned + running
+
+    def _resident_programs(self) -> dict[str, tuple[tuple[int, float, float], ProgramState]]:
+        """Programs with KV in the pool: pinned or running; each with its queue rank."""
+        resident: dict[str, tuple[tuple[int, float, float], ProgramState]] = {}
+        for pin in self._pins:
+            state = self._programs.get(pin.program_id)
+            if state is not None:
+                resident[pin.program_id] = (pin.rank, state)
+        for request in self.running:
+            tracked = self._tracked.get(request.request_id)
+            if tracked is not None:
+                resident.setdefault(tracked.program.program_id, (self._rank(request), tracked.program))
+        return resident
+
+    def _new_blocks(self, request: Any) -> int:
+        """Blocks admitting `request` now allocates: its tokens less the leading prefix-cache hits."""
+        total = math.ceil((request.num_tokens + 1) / self.block_size)
+        pool = self.kv_cache_manager.block_pool
+        cached = 0
+        for block_hash in request.block_hashes:
+            if pool.get_cached_block(block_hash, [0]) is None:
+                break
+            cached += 1
+        return max(0, total - cached)
+
     def _unstall(self, now: float) -> None:
         """Nothing runs and the head still does not fit beside the pins.
 
@@ -618,6 +734,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         pending = self._pending_handoffs()
         stalling = [pin for pin in self._pins if pin.pin_id not in keep and (pin.rank > rank or pin.pin_id in pending)]
         self._release_all(stalling, "reclaim", now)
+        self._metrics.reclaimed_for["stall"] += len(stalling)
 
     def _maybe_end_program(self, program: ProgramState, now: float) -> None:
         if any(t.program is program for t in self._tracked.values()):

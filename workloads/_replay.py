@@ -548,6 +548,7 @@ async def throughput_probe(
     output_tokens: int = 32,
     repeats: int = 3,
     seed: int = 0,
+    key: str = "probe",
 ) -> dict[str, Any]:
     """Best-of-`repeats` throughput of a burst of plain requests (no metadata, unique prompts).
 
@@ -556,7 +557,7 @@ async def throughput_probe(
     """
     walls_s: list[float] = []
     for repeat in range(repeats):
-        prompts = [program_tokens(prompt_tokens, seed=seed, key=f"probe:{repeat}:{i}") for i in range(num_requests)]
+        prompts = [program_tokens(prompt_tokens, seed=seed, key=f"{key}:{repeat}:{i}") for i in range(num_requests)]
         started = time.perf_counter()
         await asyncio.gather(*(_plain_call(engine, prompt, output_tokens) for prompt in prompts))
         walls_s.append(time.perf_counter() - started)

@@ -32,6 +32,7 @@ from typing import Any
 
 from agentflow.exceptions import UserError
 from workloads._metrics import summarize_outcomes
+from workloads._probe import paired_throughput_probe
 from workloads._replay import (
     AGENTFLOW_SCHEDULER,
     ProgramOutcome,
@@ -50,7 +51,7 @@ _MiB = 1024**2
 class EngineSettings:
     """The engine every policy runs on (the policy adds its scheduler class and policy)."""
 
-    kv_cache_bytes: int = 56 * _MiB  # SmolLM2-135M: 23,040 B/token -> ~2,500 tokens: memory pressure
+    kv_cache_bytes: int = 96 * _MiB  # SmolLM2-135M: 23,040 B/token -> ~4,300 tokens: memory pressure
     max_model_len: int = 2048  # vLLM wants the cache to hold one whole max-length request
     max_num_seqs: int = 16
     block_size: int = 32
@@ -66,7 +67,7 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeSettings:
-    """The single-turn throughput probe (plain requests, no metadata) run after a replay."""
+    """The single-turn throughput probe (plain requests, no metadata): the engines side by side, after the replays."""
 
     num_requests: int = 32
     prompt_tokens: int = 256
@@ -116,13 +117,13 @@ class ReplayOptions:
 #   on average (1,034 at most), 121k prompt tokens if no prefix ever hits, 10k if all do;
 # - tool pauses x 0.1: the replayed calls run ~15x faster than the recorded ones, and this keeps
 #   tools at about their recorded share of a program's time (~30% replayed alone vs ~24% recorded);
-# - Poisson arrivals at 1 program/s (all 16 within ~10 s: the engine is overloaded);
-# - a 56 MiB KV cache (~2,500 tokens: ~3 final contexts for 16 active programs): memory pressure.
-# All three policies take ~7 minutes in all (engine starts and throughput probes included).
+# - Poisson arrivals at 4 programs/s (all 16 within ~5 s: a burst that overloads the engine);
+# - a 96 MiB KV cache (~4,300 tokens: ~4 final contexts for 16 active programs): memory pressure.
+# All three policies take ~8 minutes in all (engine starts and the throughput probe included).
 DEFAULTS = ReplayOptions(
     scaling=TraceScaling(token_divisor=12, max_turns=16, max_programs=16, max_context_tokens=2048, tool_time_scale=0.1),
-    rate_per_s=1.0,
-    engine=EngineSettings(kv_cache_bytes=56 * _MiB, max_model_len=2048),
+    rate_per_s=4.0,
+    engine=EngineSettings(kv_cache_bytes=96 * _MiB, max_model_len=2048),
     worker_timeout_s=900.0,  # a policy that stalls is reported failed; the others still run
 )
 
@@ -154,6 +155,7 @@ def run_replay(options: ReplayOptions) -> ReplayReport:
         policies[name], ran = _run_policy(name, base_spec, options, out_dir)
         if ran is not None:
             outcomes[name] = ran
+    _run_probe(base_spec, options, policies)
     plot_path = _plot(outcomes, out_dir, options) if outcomes else None
     report = {
         "machine": _machine_check(policies),
@@ -185,7 +187,6 @@ def _run_policy(
         **base_spec,
         **_policy_extras(name, options),
         "policy": name,
-        "probe": asdict(options.probe) if options.probe is not None and name in options.probe_policies else None,
         "results_path": str(out_dir / f"{name}.programs.jsonl"),
         "progress": options.progress,
     }
@@ -212,9 +213,39 @@ def _run_policy(
         "speed_check": raw.get("speed_check"),
         "serving_metrics": raw.get("serving_metrics"),
     }
-    if raw.get("probe") is not None:
-        figures["throughput_probe"] = raw["probe"]
     return figures, ran
+
+
+def _run_probe(base_spec: dict[str, Any], options: ReplayOptions, policies: dict[str, dict[str, Any]]) -> None:
+    """The throughput probe of `probe_policies`, side by side (`workloads._probe`); into `policies`."""
+    names = [name for name in options.probe_policies if policies.get(name, {}).get("status") == "ok"]
+    if options.probe is None or len(names) < 2:
+        return
+    probe = asdict(options.probe)
+    specs = {
+        name: {
+            "engine": base_spec["engine"],
+            **_policy_extras(name, options),
+            "policy": name,
+            "seed": options.seed,
+            "probe": probe,
+        }
+        for name in names
+    }
+    try:
+        result = paired_throughput_probe(
+            specs, repeats=options.probe.repeats, timeout_s=options.worker_timeout_s or 900.0, env=_worker_env()
+        )
+    except UserError as exc:
+        for name in names:
+            policies[name]["throughput_probe"] = {"status": "failed", "reason": str(exc)}
+        return
+    for name in names:
+        policies[name]["throughput_probe"] = {
+            **result[name],
+            "order": result["order"],
+            "paired_cost_pct": result["paired_cost_pct"].get(name),
+        }
 
 
 def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
@@ -240,10 +271,7 @@ def _run_worker(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
         command = [sys.executable, "-m", "workloads._replay_worker", str(spec_path), str(out_path)]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(_project_root()), os.environ.get("PYTHONPATH")])),
-        }
+        env = {**os.environ, **_worker_env()}
         try:
             # The worker's stdout goes to our stderr: our stdout carries the report.
             done = subprocess.run(command, env=env, stdout=sys.stderr, timeout=timeout_s, check=False)
@@ -254,6 +282,10 @@ def _run_worker(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]
             reason = result.get("error") or f"the replay process exited with {done.returncode} (see its stderr)"
             raise UserError(f"policy {spec['policy']!r}: {reason}")
         return result
+
+
+def _worker_env() -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(_project_root()), os.environ.get("PYTHONPATH")]))}
 
 
 def _resumed(result_path: Path, digest: str) -> dict[str, Any] | None:

@@ -1,5 +1,8 @@
 """One policy's replay in a process of its own: `python -m workloads._replay_worker SPEC.json OUT.json`.
 
+`python -m workloads._replay_worker --probe SPEC.json` instead starts the policy's engine and
+serves throughput bursts on request (`workloads._probe`: two engines measured side by side).
+
 Engines are per configuration and share process-global vLLM state, so each policy gets a fresh
 process: the same scaled programs, seed and arrivals, a clean engine, no leftovers of the last
 policy in its cache or its allocator. The parent (`workloads._replay_runner`) writes the spec and
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workloads._probe import BURST_PREFIX, READY_PREFIX, parse_probe_command
 from workloads._replay import (
     Policy,
     ProgramOutcome,
@@ -31,6 +35,10 @@ __all__: list[str] = []  # internal module
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--probe":
+        spec = json.loads(Path(argv[1]).read_text())
+        asyncio.run(serve_probe(spec))
+        return 0
     spec_path, out_path = Path(argv[0]), Path(argv[1])
     spec = json.loads(spec_path.read_text())
     try:
@@ -52,6 +60,24 @@ async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         await engine.astart()
         return await _run_on(engine, spec)
+    finally:
+        engine.shutdown()
+
+
+async def serve_probe(spec: dict[str, Any]) -> None:
+    """Start the policy's engine and run throughput bursts on request (`workloads._probe`'s protocol)."""
+    from serving.engine import EmbeddedEngine, EngineConfig
+
+    policy = get_policy(spec["policy"])
+    config = EngineConfig(**spec["engine"], **policy.engine_overrides(), **spec.get("engine_extra", {}))
+    engine = EmbeddedEngine(config)
+    try:
+        await engine.astart()
+        print(READY_PREFIX, flush=True)
+        probe = {**spec["probe"], "repeats": 1}
+        while (round_index := parse_probe_command(await asyncio.to_thread(sys.stdin.readline))) is not None:
+            result = await throughput_probe(engine, **probe, seed=spec["seed"], key=f"round{round_index}")
+            print(BURST_PREFIX + json.dumps({"round": round_index, "wall_s": result["best_wall_s"]}), flush=True)
     finally:
         engine.shutdown()
 
@@ -79,7 +105,6 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
     replay_wall_s = time.perf_counter() - started
     # The scheduler's own counters (pins created/hit/expired/reclaimed, ...), where it keeps them.
     serving_metrics = await engine.agentflow_metrics() if policy.program_metadata else None
-    probe = await throughput_probe(engine, **spec["probe"]) if spec.get("probe") else None
     return {
         "speed_check": speed,
         "serving_metrics": serving_metrics,
@@ -88,7 +113,6 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
         "replay_wall_s": replay_wall_s,
         "engine_stats": engine_stats,
         "outcomes": [outcome.to_json() for outcome in outcomes],
-        "probe": probe,
     }
 
 

@@ -160,6 +160,39 @@ async def test_pins_are_reclaimed_under_pressure_instead_of_stalling(serving: Em
     assert after["pins"]["active"] == 0
 
 
+async def test_a_cold_younger_program_waits_for_room_beside_an_older_resident_one(serving: EmbeddedEngine) -> None:
+    engine = serving
+    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=600)
+    now = time.time()
+    older = f"{RUN}-resident"
+    await turn(engine, token_prompt(10 * BLOCK, key("resident")), extra_args=metadata(older, 0, arrival_s=now - 100))
+    before = await metrics(engine)
+    # 26 blocks fit beside the 10-block pin (30 free), so vLLM alone would admit it; not beside the
+    # older program's growth reserve (8 turns x 2 blocks + 1) plus its own: admission control holds it.
+    younger = asyncio.ensure_future(
+        turn(
+            engine,
+            token_prompt(25 * BLOCK, key("cold")),
+            max_tokens=4,
+            extra_args=metadata(f"{RUN}-cold", 0, arrival_s=now, last=True),
+        )
+    )
+    held_before = before["requests"]["held_by_admission_control"]
+    for _ in range(600):
+        if (await metrics(engine))["requests"]["held_by_admission_control"] > held_before:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert not younger.done()
+    assert (await metrics(engine))["pins"]["active"] == before["pins"]["active"]  # the older pin stays
+    await engine.end_program(older)  # room again: the held request runs
+    result = await asyncio.wait_for(younger, timeout=900)
+    assert result.finish_reason == "length"
+    after = await metrics(engine)
+    assert after["requests"]["held_by_admission_control"] == held_before + 1
+    assert after["pins"]["reclaimed"] == before["pins"]["reclaimed"]
+
+
 async def test_a_younger_request_waits_for_an_older_programs_pin_to_expire(serving: EmbeddedEngine) -> None:
     engine = serving
     await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=1.5)

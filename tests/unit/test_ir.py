@@ -233,6 +233,6 @@ def test_render() -> None:
     graph.add(node("2", Ref("1"), text=Concat(parts=("in ", Ref("1"))), long="x" * 100, target="summarize"))
     lines = graph.render().splitlines()
     assert lines[0] == "[1] tool weather('Paris')"
-    assert lines[1].startswith("[2] tool summarize($1, text=\"in $1\", long='xxx")
+    assert lines[1].startswith('[2] tool summarize($1, text="in $1", long=\'xxx')
     assert "...," not in lines[1] and lines[1].endswith("  <- 1")
     assert "..." in lines[1]

@@ -179,9 +179,7 @@ def test_a_simulated_run_reaches_a_consistent_end(data: st.DataObject) -> None:
     """Drive `RunState` like the executor would, in random order: every node ends, and each end is right."""
     num_nodes = data.draw(st.integers(1, 25))
     deps = {
-        f"n{i}": data.draw(st.lists(st.sampled_from([f"n{j}" for j in range(i)]), unique=True, max_size=3))
-        if i
-        else []
+        f"n{i}": data.draw(st.lists(st.sampled_from([f"n{j}" for j in range(i)]), unique=True, max_size=3)) if i else []
         for i in range(num_nodes)
     }
     fails = data.draw(st.sets(st.sampled_from(sorted(deps))))

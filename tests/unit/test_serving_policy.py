@@ -13,15 +13,19 @@ from agentflow.exceptions import MetadataError, UserError
 from serving._policy import (
     PROGRAM_KEYS,
     TRACE_PRIOR,
+    AdmissionCandidate,
     DurationDistribution,
     PinBook,
     PolicyKnobs,
     PrefillTimeModel,
     ProgramFields,
+    ProgramState,
     ProgramTable,
     ServingMetrics,
     ToolDurationPredictor,
     choose_ttl,
+    cold_fits,
+    growth_reserve_blocks,
     latest_start_s,
     memory_price_per_s,
     parse_knobs,
@@ -377,3 +381,44 @@ def test_metrics_snapshot_counts_turns_and_queueing() -> None:
     assert snap["queueing"]["mean_delay_s"] == pytest.approx(0.3)
     assert snap["pins"]["hit_rate"] == 0.5 and snap["pins"]["blocks_pinned"] == 5
     assert [a["turn"] for a in snap["admissions"]] == [0, 1]
+
+
+# -- admission control --------------------------------------------------------------------------------
+
+
+def test_growth_reserve_uses_the_learned_growth_or_two_blocks() -> None:
+    assert growth_reserve_blocks(None, block_size=32, turns=2) == 4 + 1
+    assert growth_reserve_blocks(70.0, block_size=32, turns=2) == math.ceil(140 / 32) + 1
+    assert growth_reserve_blocks(70.0, block_size=32, turns=0) == 0
+
+
+def test_program_learns_its_per_turn_growth_from_its_prompts() -> None:
+    state = ProgramState(program_id="p", arrival_s=0.0, last_active_s=0.0)
+    state.observe_prompt(500)
+    assert state.growth_tokens is None  # one prompt: nothing to compare
+    state.observe_prompt(580)
+    assert state.growth_tokens == 80
+    state.observe_prompt(600)
+    assert state.growth_tokens == 50  # EWMA, half and half
+    state.observe_prompt(100)  # a shorter prompt (a new branch): no negative growth learned
+    assert state.growth_tokens == 50
+
+
+def test_a_cold_request_fits_only_beside_the_older_programs_reserve() -> None:
+    candidate = AdmissionCandidate(new_blocks=30, own_reserve=5, reserve_before=10, reclaimable=0)
+    assert cold_fits(free_blocks=45, spent_blocks=0, candidate=candidate)
+    assert not cold_fits(free_blocks=44, spent_blocks=0, candidate=candidate)
+    assert not cold_fits(free_blocks=45, spent_blocks=1, candidate=candidate)  # queued ahead of it
+
+
+def test_what_younger_programs_hold_counts_as_room_for_an_older_cold_request() -> None:
+    candidate = AdmissionCandidate(new_blocks=30, own_reserve=5, reserve_before=2, reclaimable=20)
+    assert cold_fits(free_blocks=17, spent_blocks=0, candidate=candidate)
+    assert not cold_fits(free_blocks=16, spent_blocks=0, candidate=candidate)
+
+
+def test_the_oldest_program_needs_no_reserve_of_its_own() -> None:
+    # Nothing older is resident: it grows into what younger programs hold.
+    candidate = AdmissionCandidate(new_blocks=16, own_reserve=17, reserve_before=0, reclaimable=16)
+    assert cold_fits(free_blocks=0, spent_blocks=0, candidate=candidate)
+    assert not cold_fits(free_blocks=0, spent_blocks=1, candidate=candidate)

@@ -1,0 +1,187 @@
+"""Single-turn throughput of two engines measured side by side: both alive, bursts alternating.
+
+The serving bench's `throughput_cost_pct` compares agentflow's scheduler with stock vLLM on
+plain requests (no metadata). Measured one engine after the other, the machine's drift between
+the two runs (other processes, thermal state: 10-17% between policies on the shared 2-core
+boxes) swamps a 2% bound. Here both engines run in their own processes at once and serve the
+same bursts in the order A B B A A B ..., so drift hits both alike; an idle engine sleeps on
+its command queue and takes no CPU from the busy one.
+
+Protocol with `python -m workloads._replay_worker --probe SPEC.json` (one per policy): the
+worker prints `PROBE-READY`, then answers each `burst R` line on stdin with
+`PROBE-BURST {"round": R, "wall_s": ...}`, and exits on `quit`. Lines without the prefix (vLLM's
+logs) are passed on to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from agentflow.exceptions import UserError
+
+__all__ = ["BURST_PREFIX", "READY_PREFIX", "paired_throughput_probe", "parse_probe_command"]
+
+READY_PREFIX = "PROBE-READY"
+BURST_PREFIX = "PROBE-BURST "
+_WARMUP_ROUND = -1
+
+
+@dataclass(slots=True)
+class _Worker:
+    name: str
+    process: subprocess.Popen[str]
+    lines: list[str]  # protocol lines read so far (the reader thread appends)
+    ready: threading.Event
+    cond: threading.Condition
+
+
+def paired_throughput_probe(
+    specs: dict[str, dict[str, Any]], *, repeats: int, timeout_s: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run each spec's engine at once; `repeats` bursts each, alternating; per-engine figures.
+
+    `specs` maps a policy name to its worker spec (engine kwargs, policy, probe settings).
+    Returns {policy: {walls_s, best_wall_s, output_tokens_per_s, ...}, "order": [...],
+    "paired_cost_pct": [...]}; with two policies, cost = (1 - second/first throughput) x 100
+    per round, the first policy being the reference.
+    """
+    if len(specs) < 2:
+        raise UserError("the paired probe compares at least two engines")
+    if repeats < 1:
+        raise UserError(f"repeats must be >= 1, got {repeats}")
+    deadline = time.monotonic() + timeout_s
+    workers = [_start(name, spec, env) for name, spec in specs.items()]
+    try:
+        for worker in workers:
+            _wait_ready(worker, deadline)
+        for worker in workers:  # a first burst each, not counted: allocator and cache warm-up
+            _burst(worker, _WARMUP_ROUND, deadline)
+        walls: dict[str, list[float]] = {worker.name: [] for worker in workers}
+        order: list[str] = []
+        for round_index in range(repeats):
+            sequence = workers if round_index % 2 == 0 else list(reversed(workers))
+            for worker in sequence:
+                walls[worker.name].append(_burst(worker, round_index, deadline))
+                order.append(worker.name)
+    finally:
+        for worker in workers:
+            _stop(worker)
+    return _figures(specs, walls, order)
+
+
+def _figures(specs: dict[str, dict[str, Any]], walls: dict[str, list[float]], order: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"order": order}
+    for name, spec in specs.items():
+        probe = spec["probe"]
+        best = min(walls[name])
+        result[name] = {
+            **probe,
+            "walls_s": walls[name],
+            "best_wall_s": best,
+            "median_wall_s": statistics.median(walls[name]),
+            "requests_per_s": probe["num_requests"] / best,
+            "output_tokens_per_s": probe["num_requests"] * probe["output_tokens"] / best,
+            "measured": "side by side with " + ", ".join(n for n in specs if n != name) + ", bursts alternating",
+        }
+    reference, *others = list(specs)
+    result["paired_cost_pct"] = {
+        other: [(b / a - 1) * 100 for a, b in zip(walls[reference], walls[other], strict=True)] for other in others
+    }
+    return result
+
+
+def _start(name: str, spec: dict[str, Any], env: dict[str, str] | None) -> _Worker:
+    import tempfile
+
+    fd, spec_name = tempfile.mkstemp(prefix=f"agentflow-probe-{name}-", suffix=".json")
+    with os.fdopen(fd, "w") as spec_file:
+        json.dump(spec, spec_file)
+    command = [sys.executable, "-m", "workloads._replay_worker", "--probe", spec_name]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,  # the worker's logs go to our stderr
+        text=True,
+        bufsize=1,
+        env={**os.environ, **(env or {})},
+    )
+    worker = _Worker(name=name, process=process, lines=[], ready=threading.Event(), cond=threading.Condition())
+    threading.Thread(target=_read, args=(worker, process.stdout, Path(spec_name)), daemon=True).start()
+    return worker
+
+
+def _read(worker: _Worker, stream: IO[str] | None, spec_path: Path) -> None:
+    assert stream is not None
+    for line in stream:
+        if line.startswith(READY_PREFIX):
+            spec_path.unlink(missing_ok=True)
+            worker.ready.set()
+        elif line.startswith(BURST_PREFIX):
+            with worker.cond:
+                worker.lines.append(line[len(BURST_PREFIX) :])
+                worker.cond.notify_all()
+        else:
+            sys.stderr.write(line)
+    spec_path.unlink(missing_ok=True)
+    with worker.cond:  # the process ended: wake a waiter so it sees that
+        worker.cond.notify_all()
+    worker.ready.set()
+
+
+def _wait_ready(worker: _Worker, deadline: float) -> None:
+    if not worker.ready.wait(timeout=max(0.0, deadline - time.monotonic())) or worker.process.poll() is not None:
+        raise UserError(f"probe engine {worker.name!r} did not start (exit {worker.process.poll()}; see stderr)")
+
+
+def _burst(worker: _Worker, round_index: int, deadline: float) -> float:
+    assert worker.process.stdin is not None
+    seen = len(worker.lines)
+    try:
+        worker.process.stdin.write(f"burst {round_index}\n")
+        worker.process.stdin.flush()
+    except BrokenPipeError as exc:
+        raise UserError(f"probe engine {worker.name!r} exited (see stderr)") from exc
+    with worker.cond:
+        while len(worker.lines) == seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or worker.process.poll() is not None:
+                raise UserError(f"probe engine {worker.name!r} gave no result for burst {round_index}")
+            worker.cond.wait(timeout=min(left, 1.0))
+        answer = json.loads(worker.lines[seen])
+    if answer.get("round") != round_index or "wall_s" not in answer:
+        raise UserError(f"probe engine {worker.name!r} answered {answer!r} to burst {round_index}")
+    return float(answer["wall_s"])
+
+
+def _stop(worker: _Worker) -> None:
+    process = worker.process
+    try:
+        if process.poll() is None and process.stdin is not None:
+            process.stdin.write("quit\n")
+            process.stdin.flush()
+            process.stdin.close()
+        process.wait(timeout=60)
+    except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait()
+
+
+def parse_probe_command(line: str) -> int | None:
+    """A protocol line: `burst R` -> R; `quit` (or end of input, "") -> None. Raises UserError."""
+    text = line.strip()
+    if text in ("quit", ""):
+        return None
+    command, _, argument = text.partition(" ")
+    if command != "burst" or not argument.lstrip("-").isdigit():
+        raise UserError(f"probe protocol: unexpected line {text!r}")
+    return int(argument)
