@@ -197,7 +197,7 @@ def test_runner_resumes_a_finished_policy_and_writes_report_and_plot(tmp_path: P
     programs = scale_trace(load_trace(options.trace_path), options.scaling)
     arrivals = poisson_arrivals(3, rate_per_s=1.0, seed=0)
     deadlines = [options.slo_factor * _ideal_s(p, options) for p in programs]
-    spec = {**_base_spec(options, programs, arrivals, deadlines), "policy": "vllm", "probe": None}
+    spec = {**_base_spec(options, programs, arrivals, deadlines), "policy": "vllm"}
     outcomes = [_outcome(i, arrivals[i], arrivals[i] + 3.0 + i) for i in range(3)]
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "vllm.result.json").write_text(

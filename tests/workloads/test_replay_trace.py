@@ -216,5 +216,5 @@ def test_the_default_replay_fits_its_engine_and_is_under_pressure() -> None:
     programs = scale_trace(load_trace(DEFAULTS.trace_path), DEFAULTS.scaling)
     kv_tokens = DEFAULTS.engine.kv_cache_bytes // 23_040  # SmolLM2-135M: bytes of KV per token in bf16
     assert max(p.context_tokens for p in programs) <= DEFAULTS.engine.max_model_len <= kv_tokens
-    # Pressure: the cache holds a few programs' final contexts, not all of them.
-    assert 2 * 840 < kv_tokens < sum(p.context_tokens for p in programs) / 4
+    # Pressure: the cache holds a few programs' final contexts (~5 of 16), not all of them.
+    assert 4 * 840 < kv_tokens < sum(p.context_tokens for p in programs) / 3
