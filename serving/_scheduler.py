@@ -27,6 +27,9 @@ What it does with program requests:
   takes pins of programs queued after its own, so an older program's context outlives a
   younger program's work until its TTL ends), and by `reset_prefix_cache`. A program may
   hold several pins (parallel branches).
+- **Admission control**: a program with nothing resident waits while admitting it would eat the
+  growth room of older resident programs (`reserve_turns`); what younger programs hold counts
+  as room. Such requests leave vLLM's queue for one step at a time (`_hold_back`).
 - **Urgency**: with `deadline_s`, a request's rank is its latest start time: the remaining
   deadline apportioned along `critical_path_s` (the DAG's remaining critical path) minus the
   call's expected execution time (prefill model + decode rate).
@@ -52,6 +55,8 @@ Knobs (`configure`, `EngineConfig(scheduler_policy={...})`, or
 - `max_pinned_fraction` (0.9): pinned blocks never exceed this share of the usable pool.
 - `min_tool_samples` (5), `tool_window` (256): the duration predictor.
 - `program_idle_gc_s` (600): programs with nothing live are forgotten after this long.
+- `reserve_turns` (8): admission control; a program with nothing resident is admitted only if
+  older resident programs keep room for this many turns of their context growth (0: off).
 - `kv_block_limit` (None): cap the usable KV blocks at runtime by holding the rest back
   (tests and benchmarks emulate a smaller cache without a second engine); must stay above
   `max_model_len / block_size`.
