@@ -133,10 +133,18 @@ async def test_pin_expires_when_its_program_sends_nothing(serving: EmbeddedEngin
 async def test_cost_model_pins_for_about_a_tool_pause_when_memory_is_free(serving: EmbeddedEngine) -> None:
     engine = serving
     program = f"{RUN}-ttl"
-    await turn(engine, token_prompt(4 * BLOCK, key("ttl")), extra_args=metadata(program, 0, arrival_s=time.time()))
+    tool = f"tool-{RUN}"  # never observed: the global distribution (or the prior) decides
+    await turn(
+        engine,
+        token_prompt(4 * BLOCK, key("ttl")),
+        extra_args=metadata(program, 0, arrival_s=time.time(), next_tool=tool),
+    )
     [pin] = [p for p in (await metrics(engine))["recent_pins"] if p["program_id"] == program]
-    assert 0.3 < pin["ttl_s"] <= 30 + 0.05  # the prior (p50 0.27 s, p99 3.3 s), at most tau_max + slack
+    # Earlier tests in the session may have taught the predictor short tools, so no fixed floor:
+    # the TTL covers most of the expected pause (P(done) >= 0.9), capped by tau_max + slack.
+    assert 0 < pin["ttl_s"] <= 30 + 0.05
     assert pin["p_tool_done"] >= 0.9 and pin["num_blocks"] == 4
+    assert pin["next_tool"] == tool
     await engine.end_program(program)
 
 
