@@ -45,37 +45,57 @@ class _Worker:
 
 
 def paired_throughput_probe(
-    specs: dict[str, dict[str, Any]], *, repeats: int, timeout_s: float, env: dict[str, str] | None = None
+    specs: dict[str, dict[str, Any]],
+    *,
+    repeats: int,
+    timeout_s: float,
+    pairs: int = 1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run each spec's engine at once; `repeats` bursts each, alternating; per-engine figures.
 
+    `pairs` times over, each time with fresh engine processes: where a process lands (cores,
+    memory) shifts its speed by a few percent for its whole life (an A/A run of two stock
+    engines differed by up to 3%), so the best burst is taken over several processes.
     `specs` maps a policy name to its worker spec (engine kwargs, policy, probe settings).
     Returns {policy: {walls_s, best_wall_s, output_tokens_per_s, ...}, "order": [...],
-    "paired_cost_pct": [...]}; with two policies, cost = (1 - second/first throughput) x 100
-    per round, the first policy being the reference.
+    "paired_cost_pct": {...}}: per round, (second / first wall - 1) x 100, the first policy
+    being the reference.
     """
     if len(specs) < 2:
         raise UserError("the paired probe compares at least two engines")
-    if repeats < 1:
-        raise UserError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 1 or pairs < 1:
+        raise UserError(f"repeats and pairs must be >= 1, got {repeats} and {pairs}")
     deadline = time.monotonic() + timeout_s
+    walls: dict[str, list[float]] = {name: [] for name in specs}
+    order: list[str] = []
+    for _ in range(pairs):
+        _one_pair(specs, repeats, deadline, env, walls, order)
+    return _figures(specs, walls, order)
+
+
+def _one_pair(
+    specs: dict[str, dict[str, Any]],
+    repeats: int,
+    deadline: float,
+    env: dict[str, str] | None,
+    walls: dict[str, list[float]],
+    order: list[str],
+) -> None:
     workers = [_start(name, spec, env) for name, spec in specs.items()]
     try:
         for worker in workers:
             _wait_ready(worker, deadline)
         for worker in workers:  # a first burst each, not counted: allocator and cache warm-up
             _burst(worker, _WARMUP_ROUND, deadline)
-        walls: dict[str, list[float]] = {worker.name: [] for worker in workers}
-        order: list[str] = []
         for round_index in range(repeats):
             sequence = workers if round_index % 2 == 0 else list(reversed(workers))
             for worker in sequence:
-                walls[worker.name].append(_burst(worker, round_index, deadline))
+                walls[worker.name].append(_burst(worker, len(walls[worker.name]), deadline))
                 order.append(worker.name)
     finally:
         for worker in workers:
             _stop(worker)
-    return _figures(specs, walls, order)
 
 
 def _figures(specs: dict[str, dict[str, Any]], walls: dict[str, list[float]], order: list[str]) -> dict[str, Any]:
@@ -91,6 +111,7 @@ def _figures(specs: dict[str, dict[str, Any]], walls: dict[str, list[float]], or
             "requests_per_s": probe["num_requests"] / best,
             "output_tokens_per_s": probe["num_requests"] * probe["output_tokens"] / best,
             "measured": "side by side with " + ", ".join(n for n in specs if n != name) + ", bursts alternating",
+            "processes": "fresh engine processes per pair; rounds of all pairs pooled",
         }
     reference, *others = list(specs)
     result["paired_cost_pct"] = {

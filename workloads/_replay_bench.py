@@ -6,8 +6,8 @@ Keys of the report (ratios > 1 mean agentflow is faster):
   isolates what KV pinning adds to program-level ordering;
 - `throughput_cost_pct`: how much slower agentflow's engine serves a burst of single-turn requests
   without metadata than the stock engine (both engines alive at once, bursts alternating A B B A
-  ..., best of 5 each; negative: faster); `throughput_cost_median_paired_pct`: the median of the
-  5 rounds' pairwise figures;
+  ..., 3 pairs of engine processes x 6 rounds, best of the 18 bursts each; negative: faster);
+  `throughput_cost_median_paired_pct`: the median of the rounds' pairwise figures;
 - `policies`: every policy's absolute figures; `settings` and `workload`: every setting used.
 """
 

@@ -69,10 +69,14 @@ class EngineSettings:
 class ProbeSettings:
     """The single-turn throughput probe (plain requests, no metadata): the engines side by side, after the replays."""
 
-    num_requests: int = 32
+    # One wave (max_num_seqs 16) of ~5 s. Adjacent bursts on the shared 2-core box differ by up
+    # to +-10% and a process's placement shifts its speed by a few percent, so: 3 pairs of fresh
+    # engine processes x 6 alternating rounds; the best of the 18 bursts each is the least disturbed.
+    num_requests: int = 16
     prompt_tokens: int = 256
     output_tokens: int = 32
-    repeats: int = 5  # best of: the least disturbed burst
+    repeats: int = 6  # rounds per pair of engine processes
+    pairs: int = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,7 +238,11 @@ def _run_probe(base_spec: dict[str, Any], options: ReplayOptions, policies: dict
     }
     try:
         result = paired_throughput_probe(
-            specs, repeats=options.probe.repeats, timeout_s=options.worker_timeout_s or 900.0, env=_worker_env()
+            specs,
+            repeats=options.probe.repeats,
+            pairs=options.probe.pairs,
+            timeout_s=options.worker_timeout_s or 900.0,
+            env=_worker_env(),
         )
     except UserError as exc:
         for name in names:

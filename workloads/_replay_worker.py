@@ -74,9 +74,9 @@ async def serve_probe(spec: dict[str, Any]) -> None:
     try:
         await engine.astart()
         print(READY_PREFIX, flush=True)
-        probe = {**spec["probe"], "repeats": 1}
+        probe = {key: spec["probe"][key] for key in ("num_requests", "prompt_tokens", "output_tokens")}
         while (round_index := parse_probe_command(await asyncio.to_thread(sys.stdin.readline))) is not None:
-            result = await throughput_probe(engine, **probe, seed=spec["seed"], key=f"round{round_index}")
+            result = await throughput_probe(engine, **probe, repeats=1, seed=spec["seed"], key=f"round{round_index}")
             print(BURST_PREFIX + json.dumps({"round": round_index, "wall_s": result["best_wall_s"]}), flush=True)
     finally:
         engine.shutdown()

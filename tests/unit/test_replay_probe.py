@@ -38,3 +38,5 @@ def test_the_probe_needs_two_engines_and_a_round() -> None:
         paired_throughput_probe({"vllm": {}}, repeats=3, timeout_s=1)
     with pytest.raises(UserError, match="repeats"):
         paired_throughput_probe({"a": {}, "b": {}}, repeats=0, timeout_s=1)
+    with pytest.raises(UserError, match="pairs"):
+        paired_throughput_probe({"a": {}, "b": {}}, repeats=1, pairs=0, timeout_s=1)
