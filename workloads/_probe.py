@@ -68,10 +68,11 @@ def paired_throughput_probe(
         raise UserError(f"repeats and pairs must be >= 1, got {repeats} and {pairs}")
     deadline = time.monotonic() + timeout_s
     walls: dict[str, list[float]] = {name: [] for name in specs}
+    scheduler: dict[str, list[tuple[float, int]]] = {name: [] for name in specs}  # per burst: (seconds, steps)
     order: list[str] = []
     for _ in range(pairs):
-        _one_pair(specs, repeats, deadline, env, walls, order)
-    return _figures(specs, walls, order)
+        _one_pair(specs, repeats, deadline, env, walls, scheduler, order)
+    return _figures(specs, walls, order, scheduler)
 
 
 def _one_pair(
@@ -80,6 +81,7 @@ def _one_pair(
     deadline: float,
     env: dict[str, str] | None,
     walls: dict[str, list[float]],
+    scheduler: dict[str, list[tuple[float, int]]],
     order: list[str],
 ) -> None:
     workers = [_start(name, spec, env) for name, spec in specs.items()]
@@ -91,14 +93,21 @@ def _one_pair(
         for round_index in range(repeats):
             sequence = workers if round_index % 2 == 0 else list(reversed(workers))
             for worker in sequence:
-                walls[worker.name].append(_burst(worker, len(walls[worker.name]), deadline))
+                answer = _burst(worker, len(walls[worker.name]), deadline)
+                walls[worker.name].append(float(answer["wall_s"]))
+                scheduler[worker.name].append((float(answer.get("scheduler_s", 0.0)), int(answer.get("steps", 0))))
                 order.append(worker.name)
     finally:
         for worker in workers:
             _stop(worker)
 
 
-def _figures(specs: dict[str, dict[str, Any]], walls: dict[str, list[float]], order: list[str]) -> dict[str, Any]:
+def _figures(
+    specs: dict[str, dict[str, Any]],
+    walls: dict[str, list[float]],
+    order: list[str],
+    scheduler: dict[str, list[tuple[float, int]]] | None = None,
+) -> dict[str, Any]:
     result: dict[str, Any] = {"order": order}
     for name, spec in specs.items():
         probe = spec["probe"]
@@ -112,12 +121,32 @@ def _figures(specs: dict[str, dict[str, Any]], walls: dict[str, list[float]], or
             "output_tokens_per_s": probe["num_requests"] * probe["output_tokens"] / best,
             "measured": "side by side with " + ", ".join(n for n in specs if n != name) + ", bursts alternating",
             "processes": "fresh engine processes per pair; rounds of all pairs pooled",
+            **_scheduler_figures((scheduler or {}).get(name, []), walls[name]),
         }
     reference, *others = list(specs)
+    base = result[reference]
+    if "scheduler_s_per_step" in base:
+        # What the scheduler class adds to each step, as a share of the reference's step time.
+        result["scheduler_overhead_pct"] = {
+            other: (result[other]["scheduler_s_per_step"] - base["scheduler_s_per_step"]) / base["step_s"] * 100
+            for other in others
+            if "scheduler_s_per_step" in result[other]
+        }
     result["paired_cost_pct"] = {
         other: [(b / a - 1) * 100 for a, b in zip(walls[reference], walls[other], strict=True)] for other in others
     }
     return result
+
+
+def _scheduler_figures(bursts: list[tuple[float, int]], walls: list[float]) -> dict[str, Any]:
+    """The scheduler's own seconds per engine step, and its share of the step, over all bursts."""
+    steps = sum(n for _, n in bursts)
+    if not steps:
+        return {}
+    return {
+        "scheduler_s_per_step": sum(s for s, _ in bursts) / steps,
+        "step_s": sum(walls) / steps,
+    }
 
 
 def _start(name: str, spec: dict[str, Any], env: dict[str, str] | None) -> _Worker:
@@ -164,7 +193,7 @@ def _wait_ready(worker: _Worker, deadline: float) -> None:
         raise UserError(f"probe engine {worker.name!r} did not start (exit {worker.process.poll()}; see stderr)")
 
 
-def _burst(worker: _Worker, round_index: int, deadline: float) -> float:
+def _burst(worker: _Worker, round_index: int, deadline: float) -> dict[str, Any]:
     assert worker.process.stdin is not None
     seen = len(worker.lines)
     try:
@@ -181,7 +210,7 @@ def _burst(worker: _Worker, round_index: int, deadline: float) -> float:
         answer = json.loads(worker.lines[seen])
     if answer.get("round") != round_index or "wall_s" not in answer:
         raise UserError(f"probe engine {worker.name!r} answered {answer!r} to burst {round_index}")
-    return float(answer["wall_s"])
+    return answer
 
 
 def _stop(worker: _Worker) -> None:

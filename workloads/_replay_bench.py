@@ -8,6 +8,9 @@ Keys of the report (ratios > 1 mean agentflow is faster):
   without metadata than the stock engine (both engines alive at once, bursts alternating A B B A
   ..., 3 pairs of engine processes x 6 rounds, best of the 18 bursts each; negative: faster);
   `throughput_cost_median_paired_pct`: the median of the rounds' pairwise figures;
+  `scheduler_overhead_pct`: the scheduler's own time per engine step (`schedule` +
+  `update_from_output`, timed in the probe engines) that agentflow adds, as a share of the stock
+  engine's step: the cost of our code apart from the machine's noise;
 - `policies`: every policy's absolute figures; `settings` and `workload`: every setting used.
 """
 
@@ -66,6 +69,7 @@ def serving_figures(report: dict[str, Any]) -> dict[str, Any]:
         "p95_jct_ratio_vs_priority": ratio(priority.get("jct_p95_s"), agentflow.get("jct_p95_s")),
         "makespan_ratio_vs_vllm": ratio(vllm.get("makespan_s"), agentflow.get("makespan_s")),
         "throughput_cost_median_paired_pct": _median_paired_cost(agentflow),
+        "scheduler_overhead_pct": (agentflow.get("throughput_probe") or {}).get("scheduler_overhead_pct"),
     }
     passed = {key: _meets(figures[key], *TARGETS[key]) for key in TARGETS}
     return {

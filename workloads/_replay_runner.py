@@ -253,6 +253,7 @@ def _run_probe(base_spec: dict[str, Any], options: ReplayOptions, policies: dict
             **result[name],
             "order": result["order"],
             "paired_cost_pct": result["paired_cost_pct"].get(name),
+            "scheduler_overhead_pct": result.get("scheduler_overhead_pct", {}).get(name),
         }
 
 

@@ -73,13 +73,55 @@ async def serve_probe(spec: dict[str, Any]) -> None:
     engine = EmbeddedEngine(config)
     try:
         await engine.astart()
+        timer = _SchedulerTimer()
+        await engine.call_in_engine(lambda: timer.install(engine.scheduler))
         print(READY_PREFIX, flush=True)
         probe = {key: spec["probe"][key] for key in ("num_requests", "prompt_tokens", "output_tokens")}
         while (round_index := parse_probe_command(await asyncio.to_thread(sys.stdin.readline))) is not None:
+            timer.reset()
             result = await throughput_probe(engine, **probe, repeats=1, seed=spec["seed"], key=f"round{round_index}")
-            print(BURST_PREFIX + json.dumps({"round": round_index, "wall_s": result["best_wall_s"]}), flush=True)
+            answer = {"round": round_index, "wall_s": result["best_wall_s"], **timer.snapshot()}
+            print(BURST_PREFIX + json.dumps(answer), flush=True)
     finally:
         engine.shutdown()
+
+
+class _SchedulerTimer:
+    """Time the scheduler's own work per engine step (`schedule` + `update_from_output`).
+
+    The part of a step that a scheduler class can make slower, measured apart from the model's
+    forward pass, so the cost of one scheduler against another is not lost in the machine's noise.
+    """
+
+    def __init__(self) -> None:
+        self.scheduler_s = 0.0
+        self.steps = 0
+
+    def install(self, scheduler: Any) -> None:
+        schedule, update = scheduler.schedule, scheduler.update_from_output
+
+        def timed_schedule(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return schedule(*args, **kwargs)
+            finally:
+                self.scheduler_s += time.perf_counter() - started
+                self.steps += 1
+
+        def timed_update(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self.scheduler_s += time.perf_counter() - started
+
+        scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
+
+    def reset(self) -> None:
+        self.scheduler_s, self.steps = 0.0, 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"scheduler_s": self.scheduler_s, "steps": self.steps}
 
 
 async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:

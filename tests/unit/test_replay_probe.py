@@ -40,3 +40,15 @@ def test_the_probe_needs_two_engines_and_a_round() -> None:
         paired_throughput_probe({"a": {}, "b": {}}, repeats=0, timeout_s=1)
     with pytest.raises(UserError, match="pairs"):
         paired_throughput_probe({"a": {}, "b": {}}, repeats=1, pairs=0, timeout_s=1)
+
+
+def test_scheduler_overhead_is_the_added_scheduler_time_per_step_over_the_step() -> None:
+    probe = {"num_requests": 16, "prompt_tokens": 256, "output_tokens": 32, "repeats": 2}
+    specs = {"vllm": {"probe": probe}, "agentflow": {"probe": probe}}
+    walls = {"vllm": [4.0, 4.0], "agentflow": [4.0, 4.0]}
+    scheduler = {"vllm": [(0.010, 50), (0.010, 50)], "agentflow": [(0.015, 50), (0.015, 50)]}
+    figures = _figures(specs, walls, ["vllm", "agentflow"] * 2, scheduler)
+    assert figures["vllm"]["scheduler_s_per_step"] == pytest.approx(0.0002)
+    assert figures["vllm"]["step_s"] == pytest.approx(0.08)
+    # (0.3 ms - 0.2 ms) per step of 80 ms
+    assert figures["scheduler_overhead_pct"]["agentflow"] == pytest.approx(0.125)
