@@ -73,11 +73,18 @@ class Call:
     future: concurrent.futures.Future[Any]
 
 
+@dataclass(slots=True)
+class Pause:
+    """While paused, the loop applies commands (adds requests) but runs no engine step."""
+
+    paused: bool
+
+
 class Stop:
     """Ends the loop after the commands queued before it."""
 
 
-Command = Submit | Abort | Call | Stop
+Command = Submit | Abort | Call | Pause | Stop
 
 
 class Driver:
@@ -90,6 +97,7 @@ class Driver:
         self._sinks: dict[str, Sink] = {}  # request_id -> sink; touched by the engine thread only
         self._lock = threading.Lock()  # orders post() against _die(): no command slips past death
         self._dead: EngineError | None = None
+        self._paused = False  # touched by the engine thread only (set through Pause commands)
         self.engine: Any = None  # vllm LLMEngine once ready
         self.startup_s: float | None = None  # model preparation + engine build + warm-up, seconds
         self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -179,11 +187,14 @@ class Driver:
     def _loop(self) -> None:
         # Block on the queue only when idle: no busy spin, no polling sleep. An idle scheduler
         # may still want a wake-up (a pinned KV block's TTL ends): block until then at most.
+        # Paused, the loop only applies commands: requests queue up and start in one step.
         while True:
-            idle = not _vllm.has_unfinished_requests(self.engine)
-            timeout_s = _vllm.idle_wakeup_s(self.engine) if idle else None
+            idle = self._paused or not _vllm.has_unfinished_requests(self.engine)
+            timeout_s = _vllm.idle_wakeup_s(self.engine) if idle and not self._paused else None
             if not self._drain(block=idle, timeout_s=timeout_s):
                 return
+            if self._paused:
+                continue
             if _vllm.has_unfinished_requests(self.engine):
                 self._route(_vllm.step(self.engine))
             elif idle and timeout_s is not None:
@@ -208,6 +219,8 @@ class Driver:
             self._abort(command.request_id)
         elif isinstance(command, Call):
             _run_call(command)
+        elif isinstance(command, Pause):
+            self._paused = command.paused
 
     def _add(self, command: Submit) -> None:
         if command.request_id in self._sinks:

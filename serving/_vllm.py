@@ -230,6 +230,59 @@ def idle_tick(engine: LLMEngine) -> None:
         tick()
 
 
+def build_stock_scheduler(engine: LLMEngine, *, scheduling_policy: str = "fcfs") -> Any:
+    """Build vLLM's stock `Scheduler` over this engine: its config, KV layout and structured-output manager.
+
+    What `EngineCore.__init__` builds when `scheduler_cls` is unset, built beside the live
+    scheduler and idle until `swap_scheduler` puts it in. Its block pool is its own
+    bookkeeping of the same KV tensors, so only one of the two may ever be in use.
+    """
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    live = live_scheduler(engine)
+    config = live.vllm_config.scheduler_config
+    saved = config.policy
+    config.policy = scheduling_policy  # read once, in Scheduler.__init__
+    try:
+        return Scheduler(
+            vllm_config=live.vllm_config,
+            kv_cache_config=live.kv_cache_config,
+            structured_output_manager=live.structured_output_manager,
+            block_size=live.block_size,
+            hash_block_size=live.hash_block_size,
+            include_finished_set=live.finished_req_ids_dict is not None,
+            log_stats=live.log_stats,
+        )
+    finally:
+        config.policy = saved
+
+
+def swap_scheduler(engine: LLMEngine, scheduler: Any) -> Any:
+    """Put `scheduler` (one of `build_stock_scheduler`'s, or one taken out) in; the one it replaces.
+
+    Only while the engine holds no request. The outgoing scheduler's finished request ids go
+    to the incoming one (the model runner learns of them from the next step), and the incoming
+    one's prefix cache is reset: its hashes name blocks the other scheduler has written over.
+    """
+    core = engine.engine_core.engine_core  # type: ignore[attr-defined]  # InprocClient only
+    current = core.scheduler
+    if scheduler is current:
+        return current
+    if engine.has_unfinished_requests() or current.has_unfinished_requests() or scheduler.has_unfinished_requests():
+        raise UserError("the scheduler can only be swapped while the engine holds no request")
+    scheduler.finished_req_ids |= current.finished_req_ids
+    current.finished_req_ids = set()
+    if current.finished_req_ids_dict is not None and scheduler.finished_req_ids_dict is not None:
+        for client, ids in current.finished_req_ids_dict.items():
+            scheduler.finished_req_ids_dict[client] |= ids
+        current.finished_req_ids_dict.clear()
+    core.scheduler = scheduler
+    if not scheduler.reset_prefix_cache():
+        core.scheduler = current
+        raise UserError("the incoming scheduler still references KV blocks; its prefix cache cannot be reset")
+    return current
+
+
 def shutdown(engine: LLMEngine) -> None:
     """Release the engine core's workers and KV cache (LLMEngine itself has no shutdown)."""
     engine.engine_core.shutdown()

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -27,7 +28,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from agentflow._model import default_model_dir, prepare_default_model
 from agentflow.exceptions import BackendConfigError, UserError
 from serving import _vllm
-from serving._driver import Abort, Call, Driver, Sink, Submit, copy_error
+from serving._driver import Abort, Call, Driver, Pause, Sink, Submit, copy_error
 from serving._policy import parse_knobs, parse_program_metadata
 from serving._types import GenerationChunk, GenerationResult
 
@@ -276,6 +277,25 @@ class EmbeddedEngine:
         assert driver is not None
         return _vllm.live_scheduler(driver.engine)
 
+    async def build_stock_scheduler(self) -> Any:
+        """Build vLLM's stock FCFS scheduler beside this engine's own, idle until swapped in.
+
+        For side-by-side measurements on one engine, one model, one process: run a burst, swap,
+        run the same burst (`swap_scheduler`). Machine noise between two engine processes is
+        larger than the difference between two schedulers.
+        """
+        driver = await self._started()
+        return await self.call_in_engine(lambda: _vllm.build_stock_scheduler(driver.engine))
+
+    async def swap_scheduler(self, scheduler: Any) -> Any:
+        """Make `scheduler` the engine's (between steps, with no request in flight); the one it replaces.
+
+        Raises:
+            UserError: a request is in flight.
+        """
+        driver = await self._started()
+        return await self.call_in_engine(lambda: _vllm.swap_scheduler(driver.engine, scheduler))
+
     async def call_in_engine(self, fn: Callable[[], _T]) -> _T:
         """Run `fn()` on the engine thread between two steps; its result or exception."""
         driver = await self._started()
@@ -283,6 +303,23 @@ class EmbeddedEngine:
         if not driver.post(Call(fn, future)):
             raise _dead_error(driver)
         return await asyncio.wrap_future(future)
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold engine steps for the block: requests submitted inside queue up, none runs.
+
+        On exit the engine resumes, and everything queued meanwhile is scheduled together from
+        the next step on: a burst that starts as one batch whatever the event loop's timing
+        (benchmarks; `vllm.LLM.generate` of a list behaves so). Wait inside the block until the
+        engine holds the requests (`num_unfinished_requests`); the engine still answers calls.
+        """
+        driver = await self._started()
+        if not driver.post(Pause(True)):
+            raise _dead_error(driver)
+        try:
+            yield
+        finally:
+            driver.post(Pause(False))
 
     async def num_unfinished_requests(self) -> int:
         """Requests the engine holds that have not finished (read on the engine thread)."""

@@ -162,3 +162,46 @@ async def test_embedded_backend_shares_the_engine(engine: EmbeddedEngine, engine
     constrained = await backend.complete(LLMRequest(prompt="Answer: ", max_tokens=4, grammar='root ::= "A" | "B"'))
     assert constrained.text in ("A", "B")
     await backend.aclose()
+
+
+async def test_requests_submitted_while_paused_start_in_one_step(engine: EmbeddedEngine) -> None:
+    prompts = [[1000 + i, *range(2000 + 40 * i, 2000 + 40 * i + 40)] for i in range(4)]
+    async with engine.paused():
+        calls = [asyncio.create_task(engine.complete(prompt=p, max_tokens=4, ignore_eos=True)) for p in prompts]
+        while await engine.num_unfinished_requests() < len(prompts):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # paused: however long we wait, nothing runs
+        scheduler = engine.scheduler
+        running, waiting = await engine.call_in_engine(lambda: (len(scheduler.running), len(scheduler.waiting)))
+        assert (running, waiting) == (0, len(prompts))
+        assert not any(call.done() for call in calls)
+    counts = (0, len(prompts))
+    for _ in range(100):  # the first poll may land before the first step after the resume
+        counts = await engine.call_in_engine(lambda: (len(scheduler.running), len(scheduler.waiting)))
+        if counts[0] or all(call.done() for call in calls):
+            break
+    assert counts == (len(prompts), 0)  # the first step admitted the whole batch
+    results = await asyncio.gather(*calls)
+    assert [r.num_completion_tokens for r in results] == [4] * len(prompts)
+
+
+async def test_a_stock_scheduler_swaps_in_and_out_while_the_engine_is_idle(engine: EmbeddedEngine) -> None:
+    ours = engine.scheduler
+    stock = await engine.build_stock_scheduler()
+    assert type(stock).__name__ == "Scheduler" and stock is not ours
+    assert await engine.swap_scheduler(stock) is ours and engine.scheduler is stock
+    try:
+        prompt = [1000, *range(3000, 3100)]
+        first = await engine.complete(prompt=prompt, max_tokens=4, ignore_eos=True)
+        assert first.num_completion_tokens == 4
+    finally:
+        assert await engine.swap_scheduler(ours) is stock
+    # Swapped in, a scheduler's prefix cache starts empty: the other one wrote over its blocks.
+    again = await engine.complete(prompt=prompt, max_tokens=4, ignore_eos=True)
+    assert again.num_cached_tokens == 0 and list(again.token_ids) == list(first.token_ids)
+    in_flight = asyncio.create_task(engine.complete(prompt=prompt, max_tokens=64, ignore_eos=True))
+    while await engine.num_unfinished_requests() == 0:
+        await asyncio.sleep(0.001)
+    with pytest.raises(UserError, match="no request"):
+        await engine.swap_scheduler(stock)
+    assert (await in_flight).num_completion_tokens == 64 and engine.scheduler is ours
