@@ -44,7 +44,7 @@ __all__ = [
     "program_tokens",
     "replay_programs",
     "speed_check",
-    "throughput_probe",
+    "timed_burst",
 ]
 
 # Token ids drawn for synthetic text: clear of the special and byte tokens at the low end of
@@ -540,50 +540,60 @@ def _request_kwargs(
 # -- throughput on single-turn requests without metadata ----------------------------------------------
 
 
-async def throughput_probe(
-    engine: Any,
-    *,
-    num_requests: int = 32,
-    prompt_tokens: int = 256,
-    output_tokens: int = 32,
-    repeats: int = 3,
-    seed: int = 0,
-    key: str = "probe",
-) -> dict[str, Any]:
-    """Best-of-`repeats` throughput of a burst of plain requests (no metadata, unique prompts).
+async def timed_burst(engine: Any, prompts: list[list[int]], output_tokens: int) -> float:
+    """Seconds from the step that starts every prompt at once to the last one's end.
 
-    The best run is the least disturbed by anything else on the machine: the fairest figure
-    for comparing two schedulers run one after the other.
+    The burst enters the engine as one batch (`EmbeddedEngine.paused`): how many requests the
+    first step sees would otherwise depend on the event loop's timing, and so would the whole
+    schedule. Plain requests: no metadata, outputs forced to `output_tokens`.
     """
-    walls_s: list[float] = []
-    for repeat in range(repeats):
-        prompts = [program_tokens(prompt_tokens, seed=seed, key=f"{key}:{repeat}:{i}") for i in range(num_requests)]
-        started = time.perf_counter()
-        await asyncio.gather(*(_plain_call(engine, prompt, output_tokens) for prompt in prompts))
-        walls_s.append(time.perf_counter() - started)
-    best_s = min(walls_s)
-    return {
-        "num_requests": num_requests,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "repeats": repeats,
-        "walls_s": walls_s,
-        "best_wall_s": best_s,
-        "requests_per_s": num_requests / best_s,
-        "output_tokens_per_s": num_requests * output_tokens / best_s,
-    }
+    calls: list[asyncio.Task[None]] = []
+    try:
+        async with engine.paused():
+            before = await engine.num_unfinished_requests()
+            calls = [asyncio.create_task(_plain_call(engine, prompt, output_tokens)) for prompt in prompts]
+            while await engine.num_unfinished_requests() < before + len(prompts):
+                if done := [call for call in calls if call.done()]:
+                    await asyncio.gather(*done)  # a request the engine rejected: raise its error
+                await asyncio.sleep(0.001)
+            started = time.perf_counter()
+        await asyncio.gather(*calls)
+    except BaseException:
+        for call in calls:
+            call.cancel()
+        raise
+    return time.perf_counter() - started
 
 
 async def speed_check(
-    engine: Any, *, prompt_tokens: int = 512, output_tokens: int = 32, seed: int = 0
+    engine: Any, *, prompt_tokens: int = 512, output_tokens: int = 32, seed: int = 0, repeats: int = 3
 ) -> dict[str, Any]:
-    """One plain request alone on the engine: its prefill and per-token decode time.
+    """One plain request alone on the engine, best of `repeats` runs: its prefill and per-token decode time.
 
     Run before each policy's replay. The policies run one after another, so a machine whose
     load changed in between (another process on the cores the engine's threads are bound to
     slows every step many times over) shows here as a spread between the policies' figures.
+    Each run has a prompt of its own (no prefix-cache hit); the best one is the least disturbed.
     """
-    prompt = program_tokens(prompt_tokens, seed=seed, key="speed-check")
+    runs = [
+        await _one_request_timing(
+            engine, program_tokens(prompt_tokens, seed=seed, key=f"speed-check:{i}"), output_tokens
+        )
+        for i in range(repeats)
+    ]
+    prefill_s = min(prefill for prefill, _ in runs)
+    decode_s = min(decode for _, decode in runs)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "repeats": repeats,
+        "prefill_s": prefill_s,
+        "decode_s_per_token": decode_s,
+    }
+
+
+async def _one_request_timing(engine: Any, prompt: list[int], output_tokens: int) -> tuple[float, float]:
+    """(time to the first token, seconds per later token) of one request."""
     started = time.perf_counter()
     first_s: float | None = None
     async for chunk in engine.generate(prompt=prompt, max_tokens=output_tokens, ignore_eos=True):
@@ -591,12 +601,7 @@ async def speed_check(
             first_s = time.perf_counter() - started
     total_s = time.perf_counter() - started
     prefill_s = first_s if first_s is not None else total_s
-    return {
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "prefill_s": prefill_s,
-        "decode_s_per_token": (total_s - prefill_s) / max(1, output_tokens - 1),
-    }
+    return prefill_s, (total_s - prefill_s) / max(1, output_tokens - 1)
 
 
 async def _plain_call(engine: Any, prompt: list[int], output_tokens: int) -> None:

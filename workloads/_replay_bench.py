@@ -4,20 +4,21 @@ Keys of the report (ratios > 1 mean agentflow is faster):
 - `mean_jct_ratio_vs_vllm`, `p95_jct_ratio_vs_vllm`: stock vLLM (FCFS, prefix caching) / agentflow;
 - `mean_jct_ratio_vs_priority`: vLLM's priority policy keyed by program arrival / agentflow, which
   isolates what KV pinning adds to program-level ordering;
-- `throughput_cost_pct`: how much slower agentflow's engine serves a burst of single-turn requests
-  without metadata than the stock engine (both engines alive at once, bursts alternating A B B A
-  ..., 3 pairs of engine processes x 6 rounds, best of the 18 bursts each; negative: faster);
-  `throughput_cost_median_paired_pct`: the median of the rounds' pairwise figures;
+- `throughput_cost_pct`: how much slower agentflow's scheduler serves bursts of single-turn
+  requests without metadata than vLLM's stock scheduler: one engine, the two schedulers swapped
+  between bursts A B B A ... (48 rounds), the median of the rounds' paired costs (negative:
+  faster), `throughput_cost_ci95_pct` its bootstrap interval; `throughput_cost_best_of_pct`
+  compares the best bursts instead, `throughput_cost_step_median_pct` the engine steps that
+  scheduled the same work;
   `scheduler_overhead_pct`: the scheduler's own time per engine step (`schedule` +
-  `update_from_output`, timed in the probe engines) that agentflow adds, as a share of the stock
-  engine's step: the cost of our code apart from the machine's noise;
+  `update_from_output`) that agentflow adds, as a share of the stock step: the cost of our
+  code apart from the machine's noise;
 - `policies`: every policy's absolute figures; `settings` and `workload`: every setting used.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from typing import Any
 
@@ -49,7 +50,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from workloads._replay_cli import options_from_args
     from workloads._replay_runner import ProbeSettings, render_table, run_replay
 
-    options = options_from_args(args, probe=ProbeSettings(), probe_policies=("vllm", "agentflow"))
+    options = options_from_args(args, probe=ProbeSettings())
     result = run_replay(options)
     print(render_table(result.report), file=sys.stderr)
     if warning := result.report["machine"]["warning"]:
@@ -65,11 +66,14 @@ def serving_figures(report: dict[str, Any]) -> dict[str, Any]:
         "mean_jct_ratio_vs_vllm": ratio(vllm.get("jct_mean_s"), agentflow.get("jct_mean_s")),
         "p95_jct_ratio_vs_vllm": ratio(vllm.get("jct_p95_s"), agentflow.get("jct_p95_s")),
         "mean_jct_ratio_vs_priority": ratio(priority.get("jct_mean_s"), agentflow.get("jct_mean_s")),
-        "throughput_cost_pct": _throughput_cost_pct(vllm, agentflow),
+        "throughput_cost_pct": _probe(agentflow).get("cost_median_pct"),
         "p95_jct_ratio_vs_priority": ratio(priority.get("jct_p95_s"), agentflow.get("jct_p95_s")),
         "makespan_ratio_vs_vllm": ratio(vllm.get("makespan_s"), agentflow.get("makespan_s")),
-        "throughput_cost_median_paired_pct": _median_paired_cost(agentflow),
-        "scheduler_overhead_pct": (agentflow.get("throughput_probe") or {}).get("scheduler_overhead_pct"),
+        "throughput_cost_ci95_pct": _probe(agentflow).get("cost_median_ci95_pct"),
+        "throughput_cost_best_of_pct": _probe(agentflow).get("cost_best_of_pct"),
+        "throughput_cost_step_median_pct": _probe(agentflow).get("cost_step_median_pct"),
+        "throughput_paired_cost_stdev_pct": _probe(agentflow).get("paired_cost_stdev_pct"),
+        "scheduler_overhead_pct": _probe(agentflow).get("scheduler_overhead_pct"),
     }
     passed = {key: _meets(figures[key], *TARGETS[key]) for key in TARGETS}
     return {
@@ -95,17 +99,9 @@ def _figures(policies: dict[str, Any], name: str) -> dict[str, Any]:
     return figures if figures.get("status") == "ok" else {}
 
 
-def _throughput_cost_pct(vllm: dict[str, Any], agentflow: dict[str, Any]) -> float | None:
-    stock = (vllm.get("throughput_probe") or {}).get("output_tokens_per_s")
-    ours = (agentflow.get("throughput_probe") or {}).get("output_tokens_per_s")
-    if not stock or not ours:
-        return None
-    return (1 - ours / stock) * 100
-
-
-def _median_paired_cost(agentflow: dict[str, Any]) -> float | None:
-    paired = (agentflow.get("throughput_probe") or {}).get("paired_cost_pct")
-    return statistics.median(paired) if paired else None
+def _probe(figures: dict[str, Any]) -> dict[str, Any]:
+    probe = figures.get("throughput_probe") or {}
+    return probe if "walls_s" in probe else {}
 
 
 def _meets(value: float | None, op: str, bound: float) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 
 from agentflow.exceptions import UserError
 from workloads._metrics import summarize_outcomes
-from workloads._probe import paired_throughput_probe
+from workloads._probe import OURS, STOCK, probe_figures
 from workloads._replay import (
     AGENTFLOW_SCHEDULER,
     ProgramOutcome,
@@ -67,16 +67,20 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeSettings:
-    """The single-turn throughput probe (plain requests, no metadata): the engines side by side, after the replays."""
+    """The single-turn throughput probe (plain requests, no metadata), after the replays (`workloads._probe`).
 
-    # One wave (max_num_seqs 16) of ~5 s. Adjacent bursts on the shared 2-core box differ by up
-    # to +-10% and a process's placement shifts its speed by a few percent, so: 3 pairs of fresh
-    # engine processes x 6 alternating rounds; the best of the 18 bursts each is the least disturbed.
+    One engine, agentflow's scheduler and vLLM's stock one swapped between bursts A B B A ....
+    A burst is one wave (max_num_seqs 16) of ~4.5 s that fits the replay's KV cache (16 x 8
+    blocks of 32 tokens <= 135): no preemption, whose recompute would dominate what is
+    measured. The two bursts of a round, back to back on the shared 2-core box, still differ by
+    ~7% (one standard deviation: the machine's speed wanders from one second to the next), so
+    48 rounds (~8 minutes): the median of their paired costs is good to about +-1.3%.
+    """
+
     num_requests: int = 16
-    prompt_tokens: int = 256
+    prompt_tokens: int = 224
     output_tokens: int = 32
-    repeats: int = 6  # rounds per pair of engine processes
-    pairs: int = 3
+    rounds: int = 48
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,8 +102,7 @@ class ReplayOptions:
     # since urgency ordering changes the order that the JCT comparison with `priority` holds fixed.
     send_deadlines: bool = False
     agentflow_knobs: dict[str, Any] = field(default_factory=dict)  # serving._policy.PolicyKnobs overrides
-    probe: ProbeSettings | None = None
-    probe_policies: tuple[str, ...] = ()  # which policies run the probe after their replay
+    probe: ProbeSettings | None = None  # the throughput probe after the replays (needs vllm and agentflow)
     out_dir: Path | None = None
     resume: bool = False
     progress: bool | None = None  # None: a bar on a terminal only
@@ -221,40 +224,20 @@ def _run_policy(
 
 
 def _run_probe(base_spec: dict[str, Any], options: ReplayOptions, policies: dict[str, dict[str, Any]]) -> None:
-    """The throughput probe of `probe_policies`, side by side (`workloads._probe`); into `policies`."""
-    names = [name for name in options.probe_policies if policies.get(name, {}).get("status") == "ok"]
-    if options.probe is None or len(names) < 2:
+    """The throughput probe, stock vLLM against agentflow on one engine (`workloads._probe`); into `policies`."""
+    names = (STOCK, OURS)
+    if options.probe is None or not all(policies.get(name, {}).get("status") == "ok" for name in names):
         return
     probe = asdict(options.probe)
-    specs = {
-        name: {
-            "engine": base_spec["engine"],
-            **_policy_extras(name, options),
-            "policy": name,
-            "seed": options.seed,
-            "probe": probe,
-        }
-        for name in names
-    }
+    spec = {"engine": base_spec["engine"], **_policy_extras(OURS, options), "policy": OURS, "seed": options.seed}
     try:
-        result = paired_throughput_probe(
-            specs,
-            repeats=options.probe.repeats,
-            pairs=options.probe.pairs,
-            timeout_s=options.worker_timeout_s or 900.0,
-            env=_worker_env(),
-        )
+        raw = _run_worker({**spec, "probe": probe}, options.worker_timeout_s, probe=True)
     except UserError as exc:
         for name in names:
             policies[name]["throughput_probe"] = {"status": "failed", "reason": str(exc)}
         return
-    for name in names:
-        policies[name]["throughput_probe"] = {
-            **result[name],
-            "order": result["order"],
-            "paired_cost_pct": result["paired_cost_pct"].get(name),
-            "scheduler_overhead_pct": result.get("scheduler_overhead_pct", {}).get(name),
-        }
+    for name, figures in probe_figures(probe, raw).items():
+        policies[name]["throughput_probe"] = figures
 
 
 def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
@@ -275,21 +258,24 @@ def _agentflow_scheduler_present() -> bool:
         return False
 
 
-def _run_worker(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+def _run_worker(spec: dict[str, Any], timeout_s: float | None, *, probe: bool = False) -> dict[str, Any]:
+    """Run `workloads._replay_worker` on `spec` in a process of its own; its result (a replay's, or the probe's)."""
+    what = "the throughput probe" if probe else f"policy {spec['policy']!r}"
+    expected = "walls_s" if probe else "outcomes"
     with tempfile.TemporaryDirectory(prefix="agentflow-replay-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "workloads._replay_worker", str(spec_path), str(out_path)]
+        command = [sys.executable, "-m", "workloads._replay_worker", *(["--probe"] if probe else []), str(spec_path)]
         env = {**os.environ, **_worker_env()}
         try:
             # The worker's stdout goes to our stderr: our stdout carries the report.
-            done = subprocess.run(command, env=env, stdout=sys.stderr, timeout=timeout_s, check=False)
+            done = subprocess.run([*command, str(out_path)], env=env, stdout=sys.stderr, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise UserError(f"policy {spec['policy']!r} did not finish within {timeout_s} s") from exc
+            raise UserError(f"{what} did not finish within {timeout_s} s") from exc
         result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
-        if done.returncode != 0 or "outcomes" not in result:
-            reason = result.get("error") or f"the replay process exited with {done.returncode} (see its stderr)"
-            raise UserError(f"policy {spec['policy']!r}: {reason}")
+        if done.returncode != 0 or expected not in result:
+            reason = result.get("error") or f"the worker process exited with {done.returncode} (see its stderr)"
+            raise UserError(f"{what}: {reason}")
         return result
 
 
@@ -369,7 +355,6 @@ def _settings(options: ReplayOptions) -> dict[str, Any]:
         + (", deadline_s" if options.send_deadlines else "; deadlines not sent (SLO scoring only)"),
         "agentflow_knobs": dict(options.agentflow_knobs),
         "probe": asdict(options.probe) if options.probe else None,
-        "probe_policies": list(options.probe_policies),
     }
 
 

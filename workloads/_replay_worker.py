@@ -1,7 +1,8 @@
 """One policy's replay in a process of its own: `python -m workloads._replay_worker SPEC.json OUT.json`.
 
-`python -m workloads._replay_worker --probe SPEC.json` instead starts the policy's engine and
-serves throughput bursts on request (`workloads._probe`: two engines measured side by side).
+`python -m workloads._replay_worker --probe SPEC.json OUT.json` instead runs the throughput probe:
+one engine with agentflow's scheduler and vLLM's stock one swapped in and out between bursts
+(`workloads._probe`).
 
 Engines are per configuration and share process-global vLLM state, so each policy gets a fresh
 process: the same scaled programs, seed and arrivals, a clean engine, no leftovers of the last
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workloads._probe import BURST_PREFIX, READY_PREFIX, parse_probe_command
+from workloads._probe import run_probe
 from workloads._replay import (
     Policy,
     ProgramOutcome,
@@ -27,7 +28,6 @@ from workloads._replay import (
     get_policy,
     replay_programs,
     speed_check,
-    throughput_probe,
 )
 from workloads._trace import ScaledProgram
 
@@ -35,14 +35,11 @@ __all__: list[str] = []  # internal module
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--probe":
-        spec = json.loads(Path(argv[1]).read_text())
-        asyncio.run(serve_probe(spec))
-        return 0
-    spec_path, out_path = Path(argv[0]), Path(argv[1])
+    probe = bool(argv) and argv[0] == "--probe"
+    spec_path, out_path = (Path(arg) for arg in (argv[1:3] if probe else argv[0:2]))
     spec = json.loads(spec_path.read_text())
     try:
-        result = asyncio.run(run_spec(spec))
+        result = asyncio.run(run_probe_spec(spec) if probe else run_spec(spec))
     except Exception as exc:  # the parent reports it as this policy's failure; the run goes on
         out_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         raise
@@ -64,8 +61,8 @@ async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         engine.shutdown()
 
 
-async def serve_probe(spec: dict[str, Any]) -> None:
-    """Start the policy's engine and run throughput bursts on request (`workloads._probe`'s protocol)."""
+async def run_probe_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Start the policy's engine (agentflow's scheduler), run the throughput probe, shut down; its raw walls."""
     from serving.engine import EmbeddedEngine, EngineConfig
 
     policy = get_policy(spec["policy"])
@@ -73,55 +70,17 @@ async def serve_probe(spec: dict[str, Any]) -> None:
     engine = EmbeddedEngine(config)
     try:
         await engine.astart()
-        timer = _SchedulerTimer()
-        await engine.call_in_engine(lambda: timer.install(engine.scheduler))
-        print(READY_PREFIX, flush=True)
-        probe = {key: spec["probe"][key] for key in ("num_requests", "prompt_tokens", "output_tokens")}
-        while (round_index := parse_probe_command(await asyncio.to_thread(sys.stdin.readline))) is not None:
-            timer.reset()
-            result = await throughput_probe(engine, **probe, repeats=1, seed=spec["seed"], key=f"round{round_index}")
-            answer = {"round": round_index, "wall_s": result["best_wall_s"], **timer.snapshot()}
-            print(BURST_PREFIX + json.dumps(answer), flush=True)
+        probe = spec["probe"]
+        return await run_probe(
+            engine,
+            num_requests=probe["num_requests"],
+            prompt_tokens=probe["prompt_tokens"],
+            output_tokens=probe["output_tokens"],
+            rounds=probe["rounds"],
+            seed=spec["seed"],
+        )
     finally:
         engine.shutdown()
-
-
-class _SchedulerTimer:
-    """Time the scheduler's own work per engine step (`schedule` + `update_from_output`).
-
-    The part of a step that a scheduler class can make slower, measured apart from the model's
-    forward pass, so the cost of one scheduler against another is not lost in the machine's noise.
-    """
-
-    def __init__(self) -> None:
-        self.scheduler_s = 0.0
-        self.steps = 0
-
-    def install(self, scheduler: Any) -> None:
-        schedule, update = scheduler.schedule, scheduler.update_from_output
-
-        def timed_schedule(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return schedule(*args, **kwargs)
-            finally:
-                self.scheduler_s += time.perf_counter() - started
-                self.steps += 1
-
-        def timed_update(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return update(*args, **kwargs)
-            finally:
-                self.scheduler_s += time.perf_counter() - started
-
-        scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
-
-    def reset(self) -> None:
-        self.scheduler_s, self.steps = 0.0, 0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"scheduler_s": self.scheduler_s, "steps": self.steps}
 
 
 async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:

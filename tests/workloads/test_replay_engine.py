@@ -8,6 +8,7 @@ import pytest
 
 from serving.engine import EmbeddedEngine
 from workloads._metrics import summarize_outcomes
+from workloads._probe import probe_figures, run_probe
 from workloads._replay import POLICIES, ReplaySettings, RuntimeHooks, poisson_arrivals, replay_programs
 from workloads._trace import ScaledProgram, ScaledTurn
 
@@ -74,3 +75,18 @@ async def test_program_metadata_and_runtime_hooks_reach_the_engine(engine: Embed
     assert sorted(t for t, _ in tools) == ["cat", "cat", "ls", "ls"]
     assert all(d >= 0.05 for _, d in tools)
     assert summarize_outcomes(outcomes)["slo_attainment"] == 1.0
+
+
+async def test_throughput_probe_alternates_stock_and_agentflow_on_one_engine(engine: EmbeddedEngine) -> None:
+    ours = engine.scheduler
+    probe = {"num_requests": 4, "prompt_tokens": 64, "output_tokens": 4, "rounds": 2}
+    raw = await run_probe(engine, **probe, seed=5)
+    assert engine.scheduler is ours  # swapped back
+    assert raw["order"] == ["vllm", "agentflow", "agentflow", "vllm"]
+    figures = probe_figures(probe, raw)
+    stock, agentflow = figures["vllm"], figures["agentflow"]
+    assert len(stock["walls_s"]) == len(agentflow["walls_s"]) == 2 and min(stock["walls_s"]) > 0
+    # Each burst's steps ran on its own scheduler: both timed at least the 4 decode steps of a burst.
+    assert stock["step_s"] > 0 and agentflow["step_s"] > 0
+    assert stock["scheduler_s_per_step"] > 0 and agentflow["scheduler_s_per_step"] > 0
+    assert len(agentflow["paired_cost_pct"]) == 2 and agentflow["cost_median_pct"] is not None

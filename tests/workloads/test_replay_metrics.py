@@ -106,10 +106,10 @@ def test_outcome_json_round_trip() -> None:
 # -- the bench's figures -------------------------------------------------------------------------------
 
 
-def _policy(mean: float, p95: float, *, tokens_per_s: float | None = None, status: str = "ok") -> dict[str, Any]:
+def _policy(mean: float, p95: float, *, cost_pct: float | None = None, status: str = "ok") -> dict[str, Any]:
     figures: dict[str, Any] = {"status": status, "jct_mean_s": mean, "jct_p95_s": p95, "makespan_s": p95 + 1}
-    if tokens_per_s is not None:
-        figures["throughput_probe"] = {"output_tokens_per_s": tokens_per_s}
+    if cost_pct is not None:  # what workloads._probe.probe_figures reports for agentflow
+        figures["throughput_probe"] = {"walls_s": [4.0], "cost_median_pct": cost_pct, "cost_best_of_pct": 0.5}
     return figures
 
 
@@ -120,9 +120,9 @@ def _report(policies: dict[str, Any]) -> dict[str, Any]:
 def test_serving_figures_and_targets() -> None:
     report = _report(
         {
-            "vllm": _policy(90.0, 120.0, tokens_per_s=100.0),
+            "vllm": _policy(90.0, 120.0),
             "priority": _policy(45.0, 70.0),
-            "agentflow": _policy(20.0, 50.0, tokens_per_s=99.0),
+            "agentflow": _policy(20.0, 50.0, cost_pct=1.0),
         }
     )
     figures = serving_figures(report)
@@ -130,6 +130,7 @@ def test_serving_figures_and_targets() -> None:
     assert figures["p95_jct_ratio_vs_vllm"] == pytest.approx(2.4)
     assert figures["mean_jct_ratio_vs_priority"] == pytest.approx(2.25)
     assert figures["throughput_cost_pct"] == pytest.approx(1.0)
+    assert figures["throughput_cost_best_of_pct"] == pytest.approx(0.5)
     assert figures["all_pass"] is True and all(figures["pass"].values())
     assert figures["settings"] == {"seed": 0}
 
@@ -138,9 +139,9 @@ def test_serving_figures_fail_when_a_target_is_missed_or_agentflow_is_absent() -
     slow = serving_figures(
         _report(
             {
-                "vllm": _policy(90.0, 120.0, tokens_per_s=100.0),
+                "vllm": _policy(90.0, 120.0),
                 "priority": _policy(45.0, 70.0),
-                "agentflow": _policy(40.0, 50.0, tokens_per_s=90.0),
+                "agentflow": _policy(40.0, 50.0, cost_pct=10.0),
             }
         )
     )
