@@ -270,6 +270,8 @@ def swap_scheduler(engine: LLMEngine, scheduler: Any) -> Any:
         return current
     if engine.has_unfinished_requests() or current.has_unfinished_requests() or scheduler.has_unfinished_requests():
         raise UserError("the scheduler can only be swapped while the engine holds no request")
+    if not scheduler.reset_prefix_cache():
+        raise UserError("the incoming scheduler still references KV blocks; its prefix cache cannot be reset")
     scheduler.finished_req_ids |= current.finished_req_ids
     current.finished_req_ids = set()
     if current.finished_req_ids_dict is not None and scheduler.finished_req_ids_dict is not None:
@@ -277,9 +279,6 @@ def swap_scheduler(engine: LLMEngine, scheduler: Any) -> Any:
             scheduler.finished_req_ids_dict[client] |= ids
         current.finished_req_ids_dict.clear()
     core.scheduler = scheduler
-    if not scheduler.reset_prefix_cache():
-        core.scheduler = current
-        raise UserError("the incoming scheduler still references KV blocks; its prefix cache cannot be reset")
     return current
 
 
