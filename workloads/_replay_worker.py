@@ -13,9 +13,11 @@ reads the result; per-program lines are appended to the spec's `results_path` as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +50,15 @@ def main(argv: list[str]) -> int:
 
 
 async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Start the policy's engine, replay, optionally probe throughput, shut down; the raw results."""
-    from serving.engine import EmbeddedEngine, EngineConfig
-
-    policy = get_policy(spec["policy"])
-    config = EngineConfig(**spec["engine"], **policy.engine_overrides(), **spec.get("engine_extra", {}))
-    engine = EmbeddedEngine(config)
-    try:
-        await engine.astart()
+    """Start the policy's engine, replay, shut down; the raw results."""
+    async with _policy_engine(spec) as engine:
         return await _run_on(engine, spec)
-    finally:
-        engine.shutdown()
 
 
 async def run_probe_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Start the policy's engine (agentflow's scheduler), run the throughput probe, shut down; its raw walls."""
-    from serving.engine import EmbeddedEngine, EngineConfig
-
-    policy = get_policy(spec["policy"])
-    config = EngineConfig(**spec["engine"], **policy.engine_overrides(), **spec.get("engine_extra", {}))
-    engine = EmbeddedEngine(config)
-    try:
-        await engine.astart()
-        probe = spec["probe"]
+    probe = spec["probe"]
+    async with _policy_engine(spec) as engine:
         return await run_probe(
             engine,
             num_requests=probe["num_requests"],
@@ -79,6 +67,19 @@ async def run_probe_spec(spec: dict[str, Any]) -> dict[str, Any]:
             rounds=probe["rounds"],
             seed=spec["seed"],
         )
+
+
+@contextlib.asynccontextmanager
+async def _policy_engine(spec: dict[str, Any]) -> AsyncIterator[Any]:
+    """The spec's engine settings plus its policy's scheduler, started; shut down on exit."""
+    from serving.engine import EmbeddedEngine, EngineConfig
+
+    policy = get_policy(spec["policy"])
+    config = EngineConfig(**spec["engine"], **policy.engine_overrides(), **spec.get("engine_extra", {}))
+    engine = EmbeddedEngine(config)
+    try:
+        await engine.astart()
+        yield engine
     finally:
         engine.shutdown()
 
