@@ -5,7 +5,7 @@ whose inputs are ready, in parallel; the planner compiles tasks into that DAG; t
 schedules LLM calls program-aware inside an embedded vLLM engine.
 """
 
-from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramMetadata, resolve_backend
+from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramAwareBackend, resolve_backend
 from agentflow.exceptions import (
     AgentflowError,
     ArgumentValidationError,
@@ -17,19 +17,12 @@ from agentflow.exceptions import (
     UserError,
 )
 from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, Ref
+from agentflow.metadata import ProgramMetadata
+from agentflow.program import Program
 from agentflow.semantic import SemanticFunction, SemanticVariable, semantic_function
 from agentflow.tools import Tool, ToolRegistry, tool
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> object:
-    # `Program` runs on the executor package, which itself imports agentflow's IR: load it lazily.
-    if name == "Program":
-        from agentflow.program import Program
-
-        return Program
-    raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
 
 __all__ = [
     "AgentflowError",
@@ -45,6 +38,7 @@ __all__ = [
     "NodeState",
     "PlanError",
     "Program",
+    "ProgramAwareBackend",
     "ProgramMetadata",
     "Ref",
     "SemanticFunction",

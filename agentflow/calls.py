@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from agentflow.ir import CallKind
 
 if TYPE_CHECKING:
-    from agentflow.backends._protocol import Completion, LLMBackend, ProgramMetadata
+    from agentflow.backends import Completion, LLMBackend
+    from agentflow.metadata import ProgramMetadata
 
 __all__ = ["CallContext", "Callee"]
 
@@ -28,7 +29,11 @@ class CallContext:
 
 @runtime_checkable
 class Callee(Protocol):
-    """A registered callable: a `Tool` or a `SemanticFunction`."""
+    """A registered callable: a `Tool` or a `SemanticFunction`.
+
+    A callee runs its code as if outside any program (`agentflow._context.detach`): a tool that
+    calls another tool calls its function, whenever and wherever it runs.
+    """
 
     name: str
     kind: CallKind
@@ -36,6 +41,7 @@ class Callee(Protocol):
     retries: int
     max_concurrency: int | None
     runs_in_thread: bool  # a blocking sync function: the executor runs it in a worker thread
+    expected_duration_s: float | None  # declared seconds per call; None: the runtime learns it
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Map and validate arguments; raise `ArgumentValidationError` when they do not fit."""

@@ -135,7 +135,7 @@ class ProgramFacts:
 
     program_id: str
     arrival_s: float  # unix time the program started
-    deadline_s: float | None = None  # unix time it must finish by
+    deadline_at_s: float | None = None  # unix time it must finish by
 
 
 class CallGraph:

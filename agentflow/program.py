@@ -1,7 +1,7 @@
 """`Program`: one run of an agent program, with its id, optional deadline, DAG and trace.
 
 ```python
-async with Program(deadline_s=60) as p:
+async with Program(deadline_in_s=60) as p:
     a = fetch("x")            # tools and semantic functions return variables at once
     b = summarize(a)          # passing a variable adds an edge
     print(await b)            # awaiting yields the value
@@ -20,14 +20,14 @@ from types import TracebackType
 from typing import Any
 
 from agentflow import _context
-from agentflow.backends import LLMBackend, resolve_backend
-from agentflow.backends._protocol import Completion, LLMRequest
+from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramAwareBackend, resolve_backend
 from agentflow.calls import Callee
 from agentflow.exceptions import AgentflowError, UserError
 from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, ProgramFacts, Ref
+from agentflow.metadata import ProgramMetadata
 from agentflow.semantic import SemanticVariable
 from agentflow.tools import ToolRegistry
-from executor import Executor, ExecutorObserver, RunResult
+from executor import DurationEstimates, Executor, ExecutorObserver, RunResult
 
 __all__ = ["Program"]
 
@@ -39,20 +39,28 @@ class Program:
         self,
         *,
         program_id: str | None = None,
-        deadline_s: float | None = None,
+        deadline_in_s: float | None = None,
         model: str | LLMBackend | None = None,
         tools: Iterable[Any] = (),
         max_parallel: int = 64,
         observers: Iterable[ExecutorObserver] = (),
+        estimates: DurationEstimates | None = None,
     ) -> None:
-        if deadline_s is not None and not deadline_s > 0:
-            raise UserError(f"deadline_s must be > 0 seconds, got {deadline_s}")
+        """A program, run by `async with`.
+
+        `deadline_in_s`: seconds from entering the program until it is cancelled (urgency
+        scheduling reads it too); `estimates`: learned call durations (default: shared by the
+        process's programs).
+        """
+        if deadline_in_s is not None and not (isinstance(deadline_in_s, int | float) and 0 < deadline_in_s < 1e9):
+            raise UserError(f"deadline_in_s must be a number of seconds > 0, got {deadline_in_s!r}")
         self.program_id = program_id or f"prog-{uuid.uuid4().hex[:12]}"
-        self.deadline_s = deadline_s  # seconds from entering the program
+        self.deadline_in_s = deadline_in_s  # seconds from entering the program
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         self._model = model
         self._max_parallel = max_parallel
         self._observers = tuple(observers)
+        self._estimates = estimates
         self._ids = itertools.count(1)
         self._executor: Executor | None = None
         self._token: Any = None
@@ -71,7 +79,7 @@ class Program:
         facts = ProgramFacts(
             program_id=self.program_id,
             arrival_s=arrival_s,
-            deadline_s=arrival_s + self.deadline_s if self.deadline_s is not None else None,
+            deadline_at_s=arrival_s + self.deadline_in_s if self.deadline_in_s is not None else None,
         )
         self._executor = Executor(
             self.registry.get,
@@ -79,10 +87,11 @@ class Program:
             max_parallel=self._max_parallel,
             backend=self.backend,
             observers=(*self._observers, _ToolDurationFeed(self.backend)),
+            estimates=self._estimates,
         )
-        if self.deadline_s is not None:
+        if self.deadline_in_s is not None:
             # A timer, not a timeout around the exit: the deadline must also stop a body awaiting a variable.
-            self._deadline_timer = asyncio.get_running_loop().call_later(self.deadline_s, self._on_deadline)
+            self._deadline_timer = asyncio.get_running_loop().call_later(self.deadline_in_s, self._on_deadline)
         self._token = _context.enter(self)
         return self
 
@@ -108,7 +117,7 @@ class Program:
         self.serving = await _end_program(self.backend, self.program_id)
 
     def _on_deadline(self) -> None:
-        self._running().cancel(f"deadline of {self.deadline_s:g} s passed")
+        self._running().cancel(f"deadline of {self.deadline_in_s:g} s passed")
 
     def cancel(self, reason: str = "program cancelled") -> None:
         """Cancel every running call; pending ones never start."""
@@ -137,6 +146,13 @@ class Program:
     def submit_batch(self, nodes: Iterable[CallNode]) -> None:
         """Add a batch of IR nodes, validated together before any runs."""
         self._running().submit_batch(nodes)
+
+    def llm_metadata(self, *, is_last_turn: bool = False) -> ProgramMetadata:
+        """Metadata for an LLM call of this program made outside its DAG (a planner's plan or join call).
+
+        The program's executor issues it, so these calls and the DAG's LLM calls share one turn counter.
+        """
+        return self._running().issue_metadata(is_last_turn=is_last_turn)
 
     def new_node_id(self) -> str:
         """A fresh node id for this program."""
@@ -183,7 +199,7 @@ class Program:
 
     def deadline_remaining_s(self) -> float | None:
         facts = self._running().facts
-        return None if facts.deadline_s is None else facts.deadline_s - time.time()
+        return None if facts.deadline_at_s is None else facts.deadline_at_s - time.time()
 
     def _running(self) -> Executor:
         if self._executor is None:
@@ -203,27 +219,27 @@ class _ToolDurationFeed:
     def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None:
         if node.kind is not CallKind.TOOL or state not in (NodeState.DONE, NodeState.FAILED):
             return
-        observe = getattr(self._backend.resolved, "observe_tool_duration", None)
-        if observe is not None:
-            observe(node.target, duration_s)
+        backend = self._backend.resolved
+        if isinstance(backend, ProgramAwareBackend):
+            backend.observe_tool_duration(node.target, duration_s)
 
 
 async def _end_program(backend: _LazyBackend, program_id: str) -> dict[str, Any] | None:
     """Tell a backend that keeps per-program state (pinned KV) that the program is over."""
-    end = getattr(backend.resolved, "end_program", None)
-    if end is None:
+    resolved = backend.resolved
+    if not isinstance(resolved, ProgramAwareBackend):
         return None
     try:
-        return await end(program_id)
+        return await resolved.end_program(program_id)
     except AgentflowError:  # an engine that died after the run must not turn its result into an error
         return None
 
 
 def _post_end_program(backend: _LazyBackend, program_id: str) -> None:
     # The task is being cancelled: post without awaiting.
-    post = getattr(backend.resolved, "post_end_program", None)
-    if post is not None:
-        post(program_id)
+    resolved = backend.resolved
+    if isinstance(resolved, ProgramAwareBackend):
+        resolved.post_end_program(program_id)
 
 
 class _LazyBackend:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_type_hints, overloa
 import pydantic
 
 from agentflow import _context
-from agentflow.backends._protocol import LLMRequest
+from agentflow.backends import LLMRequest
 from agentflow.calls import CallContext
 from agentflow.exceptions import EngineError, ToolDefinitionError, ToolError, UserError
 from agentflow.ir import CallKind, NodeState, Ref
@@ -85,8 +85,16 @@ class SemanticFunction:
         timeout_s: float | None = None,
         retries: int = 0,
         max_concurrency: int | None = None,
+        expected_duration_s: float | None = None,
     ) -> None:
-        _check_options(fn, name, timeout_s, retries, max_concurrency)
+        _check_options(
+            fn,
+            name=name,
+            timeout_s=timeout_s,
+            retries=retries,
+            max_concurrency=max_concurrency,
+            expected_duration_s=expected_duration_s,
+        )
         self.name: str = name or fn.__name__
         self.template = inspect.cleandoc(template if template is not None else (fn.__doc__ or ""))
         self.system = system
@@ -96,6 +104,7 @@ class SemanticFunction:
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_concurrency = max_concurrency
+        self.expected_duration_s = expected_duration_s  # None: learned from the calls the runtime measures
         self.signature = inspect.signature(fn)
         self.arguments_model = build_arguments_model(self.name, fn, None)
         self.description = self.template.splitlines()[0] if self.template else self.name
@@ -162,6 +171,7 @@ def semantic_function(
     timeout_s: float | None = None,
     retries: int = 0,
     max_concurrency: int | None = None,
+    expected_duration_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
 
 

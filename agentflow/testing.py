@@ -1,8 +1,9 @@
-"""Test doubles users can use too: a scripted LLM backend.
+"""Test doubles users can use too: a scripted LLM backend, with an optional latency model.
 
 ```python
 llm = ScriptedLLM(["first answer", "second answer"])
 llm = ScriptedLLM(lambda request: "yes" if "?" in request.messages[-1]["content"] else "no")
+slow = ScriptedLLM(replies, latency_s=0.3, prefill_tokens_per_s=5000, tokens_per_s=50, chars_per_token=4)
 async with Program(model=llm) as p: ...
 assert llm.requests[0].metadata.program_id == p.program_id
 ```
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from agentflow.backends._protocol import Completion, LLMRequest
+from agentflow.backends import Completion, LLMRequest
 
 __all__ = ["ScriptedLLM"]
 
@@ -26,28 +29,43 @@ _TOKEN = re.compile(r"\S+\s*|\s+")
 class ScriptedLLM:
     """Answers from a script: a list of replies in order, or a function of the request.
 
-    `tokens_per_s` streams replies at a realistic token rate (words stand in for tokens);
-    `latency_s` is added before the first token. `supports_grammar` is False: requests with a
-    grammar are answered from the script like any other, which is what a prompt-only backend does.
+    Timing, all optional: the first token comes `latency_s` plus the prompt's tokens over
+    `prefill_tokens_per_s` after the call; then one token every 1 / `tokens_per_s` seconds, each
+    due at an absolute time so timer overhead does not accumulate. A token is `chars_per_token`
+    characters, or a word when that is None. `supports_grammar` is False: requests with a grammar
+    are answered from the script like any other, which is what a prompt-only backend does.
     """
 
     script: Iterable[str] | Callable[[LLMRequest], str]
     tokens_per_s: float | None = None
     latency_s: float = 0.0
+    prefill_tokens_per_s: float | None = None
+    chars_per_token: int | None = None
     name: str = "scripted"
     supports_grammar: bool = False
     requests: list[LLMRequest] = field(default_factory=list)
     _replies: list[str] | None = None
-    _lock: asyncio.Lock | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.script):
             self._replies = list(self.script)
+        if self.chars_per_token is not None and self.chars_per_token < 1:
+            raise ValueError(f"chars_per_token must be >= 1, got {self.chars_per_token}")
+
+    def latency_model(self) -> dict[str, Any]:
+        """The timing settings, for reports that say what the scripted backend modelled."""
+        return {
+            "latency_s": self.latency_s,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "chars_per_token": self.chars_per_token,
+        }
 
     def _next_reply(self, request: LLMRequest) -> str:
         self.requests.append(request)
         if self._replies is None:
-            return self.script(request)  # type: ignore[operator]
+            assert callable(self.script)
+            return self.script(request)
         if not self._replies:
             raise AssertionError(f"ScriptedLLM ran out of replies after {len(self.requests) - 1} calls")
         return self._replies.pop(0)
@@ -62,13 +80,28 @@ class ScriptedLLM:
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         reply = self._next_reply(request)
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        pieces = _TOKEN.findall(reply) or [reply]
-        for piece in pieces:
+        started = time.perf_counter()
+        first_token_s = self.latency_s + self._prefill_s(request)
+        pieces = self._pieces(reply)
+        if first_token_s > 0 and not self.tokens_per_s:
+            await asyncio.sleep(first_token_s)
+        for i, piece in enumerate(pieces):
             if self.tokens_per_s:
-                await asyncio.sleep(1.0 / self.tokens_per_s)
+                due = started + first_token_s + (i + 1) / self.tokens_per_s
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
             yield piece
 
     async def aclose(self) -> None:
         return None
+
+    def _prefill_s(self, request: LLMRequest) -> float:
+        if not self.prefill_tokens_per_s:
+            return 0.0
+        chars = len(request.prompt or "") + sum(len(m["content"]) for m in request.messages or ())
+        return chars / (self.chars_per_token or 4) / self.prefill_tokens_per_s
+
+    def _pieces(self, reply: str) -> list[str]:
+        if self.chars_per_token is None:
+            return _TOKEN.findall(reply) or [reply]
+        step = self.chars_per_token
+        return [reply[i : i + step] for i in range(0, len(reply), step)] or [reply]

@@ -14,6 +14,7 @@ function; inside one, it schedules a call and returns a `SemanticVariable` at on
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
@@ -49,8 +50,16 @@ class Tool(Generic[P, R]):
         timeout_s: float | None = None,
         retries: int = 0,
         max_concurrency: int | None = None,
+        expected_duration_s: float | None = None,
     ) -> None:
-        _check_options(fn, name, timeout_s, retries, max_concurrency)
+        _check_options(
+            fn,
+            name=name,
+            timeout_s=timeout_s,
+            retries=retries,
+            max_concurrency=max_concurrency,
+            expected_duration_s=expected_duration_s,
+        )
         doc_description, param_docs = parse_docstring(fn.__doc__)
         self.fn = fn
         self.name: str = name or fn.__name__
@@ -58,6 +67,8 @@ class Tool(Generic[P, R]):
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_concurrency = max_concurrency
+        # Declared seconds a call takes; None: the runtime learns it from the calls it measures.
+        self.expected_duration_s = expected_duration_s
         self.is_async = inspect.iscoroutinefunction(fn)
         self.runs_in_thread = not self.is_async
         self.signature = inspect.signature(fn)
@@ -96,12 +107,14 @@ class Tool(Generic[P, R]):
     async def invoke(self, arguments: dict[str, Any], ctx: CallContext) -> Any:
         """Run the function with validated arguments (the executor calls this for async tools)."""
         del ctx
+        _context.detach()  # the function runs as if outside the program (see `_context.detach`)
         if self.is_async:
             return await self.fn(**arguments)  # type: ignore[misc]
         return self.fn(**arguments)  # type: ignore[call-arg]
 
     def invoke_sync(self, arguments: dict[str, Any]) -> Any:
-        """Run a sync function with validated arguments (in a worker thread)."""
+        """Run a sync function with validated arguments (in a worker thread, in a copied context)."""
+        _context.detach()
         return self.fn(**arguments)  # type: ignore[call-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +140,7 @@ def tool(
     timeout_s: float | None = None,
     retries: int = 0,
     max_concurrency: int | None = None,
+    expected_duration_s: float | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -139,12 +153,23 @@ def tool(
     timeout_s: float | None = None,
     retries: int = 0,
     max_concurrency: int | None = None,
+    expected_duration_s: float | None = None,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
-    """Turn a sync or async function into a `Tool`; use bare or with options."""
+    """Turn a sync or async function into a `Tool`; use bare or with options.
+
+    `expected_duration_s` declares how long a call takes (urgency scheduling reads it along the
+    DAG); without it the runtime learns each tool's duration from the calls it measures.
+    """
 
     def wrap(f: Callable[P, R]) -> Tool[P, R]:
         return Tool(
-            f, name=name, description=description, timeout_s=timeout_s, retries=retries, max_concurrency=max_concurrency
+            f,
+            name=name,
+            description=description,
+            timeout_s=timeout_s,
+            retries=retries,
+            max_concurrency=max_concurrency,
+            expected_duration_s=expected_duration_s,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -307,7 +332,13 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_options(
-    fn: Callable[..., Any], name: str | None, timeout_s: float | None, retries: int, max_concurrency: int | None
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    timeout_s: float | None,
+    retries: int,
+    max_concurrency: int | None,
+    expected_duration_s: float | None,
 ) -> None:
     if not callable(fn):
         raise ToolDefinitionError(f"@tool needs a function, got {fn!r}")
@@ -320,6 +351,15 @@ def _check_options(
         raise ToolDefinitionError(f"{tool_name}: retries must be >= 0, got {retries}")
     if max_concurrency is not None and max_concurrency < 1:
         raise ToolDefinitionError(f"{tool_name}: max_concurrency must be >= 1, got {max_concurrency}")
+    if expected_duration_s is not None and not (
+        isinstance(expected_duration_s, int | float)
+        and not isinstance(expected_duration_s, bool)
+        and math.isfinite(expected_duration_s)
+        and expected_duration_s >= 0
+    ):
+        raise ToolDefinitionError(
+            f"{tool_name}: expected_duration_s must be a finite number of seconds >= 0, got {expected_duration_s!r}"
+        )
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         raise ToolDefinitionError(f"{tool_name}: generators cannot be tools; return a value")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
-import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,8 +21,7 @@ from typing import Any, Protocol
 
 import tenacity
 
-from agentflow import _context
-from agentflow.backends._protocol import LLMBackend, ProgramMetadata
+from agentflow.backends import LLMBackend
 from agentflow.calls import CallContext, Callee
 from agentflow.exceptions import (
     AgentflowError,
@@ -32,7 +31,10 @@ from agentflow.exceptions import (
     UserError,
 )
 from agentflow.ir import TERMINAL_STATES, CallGraph, CallKind, CallNode, NodeState, ProgramFacts, resolve_value
+from agentflow.metadata import ProgramMetadata
 
+from ._durations import DurationEstimates, shared_estimates
+from ._metadata import MetadataIssuer
 from ._state import NodeRun, RunState
 from ._trace import Trace
 
@@ -90,6 +92,7 @@ class Executor:
         backend: LLMBackend | None = None,
         observers: Iterable[ExecutorObserver] = (),
         retry_wait_s: float = 0.05,
+        estimates: DurationEstimates | None = None,
     ) -> None:
         if max_parallel < 1:
             raise UserError(f"max_parallel must be >= 1, got {max_parallel}")
@@ -108,7 +111,8 @@ class Executor:
         self._num_running = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}  # node id -> running task
         self._futures: dict[str, asyncio.Future[Any]] = {}  # node id -> awaited by a variable
-        self._llm_turns = itertools.count()
+        self.metadata = MetadataIssuer(facts)  # the program's one turn counter
+        self._estimates = estimates if estimates is not None else shared_estimates()
         self._closed = False
         self._cancelled = False
         self._cancel_reason = "program cancelled"  # given to running calls too, not only pending ones
@@ -123,6 +127,7 @@ class Executor:
         """Add one node; its dependencies must be submitted already. Validates before anything runs."""
         self._check_open()
         callee = self._resolve(node.target)
+        node = self._with_expected_duration(node, callee)
         self.graph.add(node)
         self._callees[node.id] = callee
         self._track(node)
@@ -132,10 +137,15 @@ class Executor:
         self._check_open()
         batch = list(nodes)
         callees = {node.id: self._resolve(node.target) for node in batch}
+        batch = [self._with_expected_duration(node, callees[node.id]) for node in batch]
         ordered = self.graph.add_batch(batch)  # raises on cycles and dangling refs, adds nothing then
         self._callees.update(callees)
         for node in ordered:
             self._track(node)
+
+    def issue_metadata(self, *, is_last_turn: bool = False) -> ProgramMetadata:
+        """Metadata for an LLM call of this program made outside the DAG (a planner's plan or join call)."""
+        return self.metadata.issue(is_last_turn=is_last_turn)
 
     def close(self) -> None:
         """No more nodes will come; `wait` returns once every node is terminal."""
@@ -199,6 +209,17 @@ class Executor:
 
     # -- dispatch -----------------------------------------------------------------------------------
 
+    def _with_expected_duration(self, node: CallNode, callee: Callee) -> CallNode:
+        """The node with its expected duration: its own, else the callee's declared one, else the estimate."""
+        if node.expected_duration_s is not None:
+            return node
+        expected_s = callee.expected_duration_s
+        if expected_s is None:
+            expected_s = self._estimates.expected_s(callee.name)
+        if expected_s is None:
+            return node
+        return dataclasses.replace(node, expected_duration_s=expected_s)
+
     def _track(self, node: CallNode) -> None:
         ready, skipped = self.state.add(node)
         for node_id in skipped:
@@ -244,7 +265,6 @@ class Executor:
     async def _run(self, run: NodeRun, callee: Callee) -> None:
         """One call: resolve inputs, validate, invoke with timeout and retries, apply the outcome."""
         node = run.node
-        _context.detach()  # this task's context only: the callee runs as if outside the program
         try:
             arguments = self._bind(node, callee)
             output = await self._invoke(run, callee, arguments)
@@ -328,15 +348,11 @@ class Executor:
         successors = [graph[s] for s in graph.successors(node.id)]
         next_tool = next((s for s in successors if s.kind is CallKind.TOOL), None)
         later_llm = any(graph[d].kind is CallKind.LLM for d in graph.descendants(node.id))
-        return ProgramMetadata(
-            program_id=self.facts.program_id,
-            arrival_s=self.facts.arrival_s,
-            turn=next(self._llm_turns),
+        return self.metadata.issue(
             is_last_turn=self._closed and not later_llm,
             next_tool=next_tool.target if next_tool else None,
             next_tool_duration_s=next_tool.expected_duration_s if next_tool else None,
-            deadline_s=self.facts.deadline_s,
-            critical_path_s=self._remaining_critical_path_s(node) if self.facts.deadline_s is not None else None,
+            critical_path_s=self._remaining_critical_path_s(node),
         )
 
     def _remaining_critical_path_s(self, node: CallNode) -> float | None:
@@ -408,6 +424,8 @@ class Executor:
             fut.exception()  # mark retrieved: an unawaited failed variable is not an error to log
 
     def _notify_end(self, run: NodeRun) -> None:
+        if run.state is NodeState.DONE:
+            self._estimates.observe(run.node.target, run.duration_s)
         for observer in self._observers:
             observer.on_node_end(self.facts.program_id, run.node, run.state, run.duration_s)
 

@@ -18,12 +18,13 @@ import os
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from agentflow.backends import Completion, LLMBackend, LLMRequest, resolve_backend
+from agentflow.backends import LLMBackend, LLMRequest, resolve_backend
 from agentflow.exceptions import PlanError
+from agentflow.testing import ScriptedLLM
 from agentflow.tools import Tool, ToolRegistry, tool
 
 from ._format import format_value
@@ -32,62 +33,10 @@ from ._prompt import PlanExample, build_planner_prompt
 from ._react import run_react
 from ._run import PlannerOptions, compile_and_run
 
-__all__ = ["ReplayLLM", "run_planner_bench"]
+__all__ = ["run_planner_bench"]
 
 SPEEDUP_TARGET = 3.0
 _SCRIPTED_LOOKUPS = (4, 5, 6, 7, 8, 4, 5, 6, 7, 8)  # independent lookups per scripted task (mean 6)
-
-
-# -- a scripted backend with a latency model ---------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ReplayLLM:
-    """Replies chosen by a function of the request, streamed at a modelled speed.
-
-    Time to first token = `base_latency_s` + prompt tokens / `prefill_tokens_per_s`; then one
-    token (`chars_per_token` characters) every 1 / `decode_tokens_per_s` seconds.
-    """
-
-    reply: Callable[[LLMRequest], str]
-    base_latency_s: float = 0.3
-    prefill_tokens_per_s: float = 5000.0
-    decode_tokens_per_s: float = 50.0
-    chars_per_token: int = 4
-    name: str = "replay"
-    supports_grammar: bool = False
-    num_requests: int = field(default=0)
-
-    def settings(self) -> dict[str, float]:
-        return {
-            "base_latency_s": self.base_latency_s,
-            "prefill_tokens_per_s": self.prefill_tokens_per_s,
-            "decode_tokens_per_s": self.decode_tokens_per_s,
-            "chars_per_token": self.chars_per_token,
-        }
-
-    async def start(self) -> None:
-        return None
-
-    async def complete(self, request: LLMRequest) -> Completion:
-        pieces = [piece async for piece in self.stream(request)]
-        return Completion(text="".join(pieces), finish_reason="stop", completion_tokens=len(pieces))
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        self.num_requests += 1
-        text = self.reply(request)
-        prompt_chars = len(request.prompt or "") + sum(len(m["content"]) for m in request.messages or ())
-        start = time.perf_counter()
-        first_token_s = self.base_latency_s + prompt_chars / self.chars_per_token / self.prefill_tokens_per_s
-        step = self.chars_per_token
-        for i, offset in enumerate(range(0, len(text), step)):
-            # Sleep to absolute deadlines so timer overhead does not accumulate.
-            due = start + first_token_s + (i + 1) / self.decode_tokens_per_s
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            yield text[offset : offset + step]
-
-    async def aclose(self) -> None:
-        return None
 
 
 # -- scripted tasks -------------------------------------------------------------------------------------
@@ -202,7 +151,10 @@ def _replay_script(tasks: Sequence[_Task]) -> Callable[[LLMRequest], str]:
 async def _scripted_figures(seed: int) -> dict[str, Any]:
     registry, data = _scripted_tools(seed)
     tasks = _scripted_tasks(data, seed)
-    llm = ReplayLLM(_replay_script(tasks))
+    # The latency model of a small hosted model: 0.3 s to first token plus prefill, 50 tokens/s.
+    llm = ScriptedLLM(
+        _replay_script(tasks), latency_s=0.3, prefill_tokens_per_s=5000.0, tokens_per_s=50.0, chars_per_token=4
+    )
     options = PlannerOptions(max_replans=0)
     stream = await asyncio.gather(*(compile_and_run(t.text, tools=registry, model=llm, options=options) for t in tasks))
     batch_options = PlannerOptions(max_replans=0, stream=False)
@@ -216,7 +168,7 @@ async def _scripted_figures(seed: int) -> dict[str, Any]:
     react_s = statistics.fmean(r.wall_s for r in react)
     return {
         "backend": "scripted: replays fixed plans and ReAct turns at a modelled token rate (not a real model)",
-        "latency_model": llm.settings(),
+        "latency_model": llm.latency_model(),
         "tool_latency_s": "seeded uniform 0.2-1.0 per call",
         "num_tasks": len(tasks),
         "lookups_per_task": list(_SCRIPTED_LOOKUPS),

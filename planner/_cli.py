@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--batch", action="store_true", help="parse the whole plan before running any step")
     run.set_defaults(func=_run_command)
 
-    from agentflow._cli_core import add_bench
+    from agentflow.cli import add_bench
 
     bench = add_bench("planner", "planner vs sequential ReAct speedup, plan validity, first tool start", _bench)
     bench.add_argument("--no-engine", action="store_true", help="skip the embedded-model figures (quick run)")

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from agentflow.exceptions import ArgumentValidationError, CycleError, PlanError, UnknownToolError
 from agentflow.ir import CallNode, Concat, Ref, iter_refs
-from agentflow.tools import ToolRegistry
+from agentflow.tools import Tool, ToolRegistry
 
 __all__ = ["END_OF_PLAN", "Plan", "PlanParser", "parse_call", "parse_plan"]
 
@@ -368,9 +368,8 @@ def _check_arity(callee: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 def signature_text(callee: Any) -> str:
     """`name(param: type = default, ...) -> type` for a tool or semantic function."""
-    render = getattr(callee, "signature_text", None)
-    if callable(render):
-        return str(render())
+    if isinstance(callee, Tool):
+        return callee.signature_text()
     signature: inspect.Signature = callee.signature
     params = []
     for p in signature.parameters.values():

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agentflow.backends import LLMBackend, LLMRequest, ProgramMetadata, resolve_backend
+from agentflow.backends import LLMBackend, LLMRequest, resolve_backend
 from agentflow.exceptions import CallFailedError, PlanError, UserError
 from agentflow.program import Program
 from agentflow.tools import ToolRegistry
@@ -105,7 +105,7 @@ async def run_react(
     async with Program(program_id=program_id, model=backend, tools=registry) as program:
         t0 = time.perf_counter()
         for turn in range(max_turns):
-            reply = (await backend.complete(_request(messages, max_tokens, program, turn))).text
+            reply = (await backend.complete(_request(messages, max_tokens, program))).text
             final = _FINAL.search(reply)
             if final is not None:
                 answer = final.group(1).strip()
@@ -131,12 +131,13 @@ async def run_react(
     )
 
 
-def _request(messages: list[dict[str, str]], max_tokens: int, program: Program, turn: int) -> LLMRequest:
-    facts = program.graph.facts
-    assert facts is not None, "a running program's graph carries its facts"
-    metadata = ProgramMetadata(program_id=facts.program_id, arrival_s=facts.arrival_s, turn=turn)
+def _request(messages: list[dict[str, str]], max_tokens: int, program: Program) -> LLMRequest:
     return LLMRequest(
-        messages=tuple(messages), max_tokens=max_tokens, temperature=0.0, stop=("Observation:",), metadata=metadata
+        messages=tuple(messages),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stop=("Observation:",),
+        metadata=program.llm_metadata(),
     )
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentflow.backends import LLMBackend, LLMRequest, ProgramMetadata, resolve_backend
+from agentflow.backends import LLMBackend, LLMRequest, resolve_backend
 from agentflow.exceptions import PlanError, UserError
 from agentflow.ir import CallNode, Concat, NodeState, Ref
 from agentflow.program import Program
@@ -220,7 +219,7 @@ class _Outcome:
 
 
 class _Session:
-    """The state of one compiled run: rounds so far, the clock, the LLM turn counter."""
+    """The state of one compiled run: rounds so far and the clock (the program counts LLM turns)."""
 
     def __init__(
         self, *, task: str, registry: ToolRegistry, backend: LLMBackend, opts: PlannerOptions, program: Program
@@ -232,7 +231,6 @@ class _Session:
         self.program = program
         self.constrained = backend.supports_grammar if opts.use_grammar is None else opts.use_grammar
         self.rounds: list[PlanRound] = []
-        self._turns = itertools.count()
         self._t0 = 0.0
 
     def start(self) -> None:
@@ -318,7 +316,7 @@ class _Session:
             temperature=opts.temperature,
             stop=() if grammar is not None else (END_OF_PLAN,),
             grammar=grammar,
-            metadata=self._metadata(),
+            metadata=self.program.llm_metadata(),
         )
 
     async def _stream_plan(
@@ -373,7 +371,7 @@ class _Session:
             max_tokens=self.opts.join_max_tokens,
             temperature=self.opts.temperature,
             json_schema=join_schema(allow_replan=allow_replan) if structured else None,
-            metadata=self._metadata(last=not allow_replan),
+            metadata=self.program.llm_metadata(is_last_turn=not allow_replan),
         )
         start = time.perf_counter()
         text = (await self.backend.complete(request)).text
@@ -393,17 +391,6 @@ class _Session:
             )
             for node in self.program.graph
         ]
-
-    def _metadata(self, *, last: bool = False) -> ProgramMetadata:
-        facts = self.program.graph.facts
-        assert facts is not None, "a running program's graph carries its facts"
-        return ProgramMetadata(
-            program_id=facts.program_id,
-            arrival_s=facts.arrival_s,
-            turn=next(self._turns),
-            is_last_turn=last,
-            deadline_s=facts.deadline_s,
-        )
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
@@ -479,9 +466,8 @@ async def _closing(stream: AsyncIterator[str]) -> AsyncIterator[AsyncIterator[st
     try:
         yield stream
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
 
 
 def _decision_dict(decision: JoinDecision) -> dict[str, str]:

@@ -1,7 +1,22 @@
-"""Serving: the embedded vLLM engine and its program-aware scheduler (importing this package does not import vLLM)."""
+"""Serving: the embedded vLLM engine, its program-aware scheduler and the OpenAI-compatible server.
+
+Importing this package does not import vLLM. The SDK reaches the embedded engine by name
+(`agentflow.backends.EMBEDDED_BACKEND` -> `serving.embedded.EmbeddedBackend`).
+"""
 
 from __future__ import annotations
 
-from serving.engine import PROGRAM_AWARE_SCHEDULER, EmbeddedEngine, EngineConfig, GenerationChunk, GenerationResult
+from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
+from serving.embedded import EmbeddedBackend
+from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk, GenerationResult, QueueSnapshot
 
-__all__ = ["PROGRAM_AWARE_SCHEDULER", "EmbeddedEngine", "EngineConfig", "GenerationChunk", "GenerationResult"]
+__all__ = [
+    "PROGRAM_AWARE_SCHEDULER",
+    "EmbeddedBackend",
+    "EmbeddedEngine",
+    "EngineConfig",
+    "GenerationChunk",
+    "GenerationResult",
+    "QueueSnapshot",
+    "SchedulerControl",
+]

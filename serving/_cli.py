@@ -1,4 +1,4 @@
-"""`agentflow serve`: the OpenAI-compatible server with the program-aware scheduler."""
+"""`agentflow serve` (the OpenAI-compatible server with the program-aware scheduler) and `agentflow prepare-model`."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ _GiB = 1024**3
 
 
 def register(subparsers: Any) -> None:
+    prep = subparsers.add_parser("prepare-model", help="convert the packaged default model once (offline)")
+    prep.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    prep.set_defaults(func=_prepare_model)
+
     serve = subparsers.add_parser(
         "serve",
         help="vLLM's OpenAI-compatible server with the program-aware scheduler (127.0.0.1 by default)",
         description=(
             "Program fields (program_id, program_arrival_s, turn, is_last_turn, next_tool, "
-            "next_tool_duration_s, deadline_s, critical_path_s) go in vllm_xargs or at the top level "
+            "next_tool_duration_s, deadline_at_s, critical_path_s) go in vllm_xargs or at the top level "
             "of the request body. Arguments after `--` go to vLLM as they are."
         ),
     )
@@ -32,17 +36,26 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--max-model-len", type=int, default=4096)
     serve.add_argument("--max-num-seqs", type=int, default=64)
     serve.add_argument("--block-size", type=int, default=32, help="tokens per KV block (a multiple of 32 on CPU)")
-    serve.add_argument("--scheduler-policy", default=None, help="scheduler knobs as JSON, e.g. '{\"fixed_ttl_s\": 2}'")
+    serve.add_argument("--scheduler-knobs", default=None, help="scheduler knobs as JSON, e.g. '{\"fixed_ttl_s\": 2}'")
     serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
     serve.set_defaults(func=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from agentflow._model import prepare_default_model
-    from serving._server import ServeOptions, serve
+def _prepare_model(args: argparse.Namespace) -> int:
+    from serving.models import prepare_default_model
 
-    knobs = _knobs(args.scheduler_policy)
+    path = prepare_default_model(force=args.force)
+    print(f"default model ready at {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving._control import PROGRAM_AWARE_SCHEDULER
+    from serving._server import ServeOptions, serve
+    from serving.models import prepare_default_model
+
+    knobs = _knobs(args.scheduler_knobs)
     extra = [a for a in args.vllm_args if a != "--"]
     model_dir = args.model_dir.expanduser().absolute() if args.model_dir else prepare_default_model()
     if not (model_dir / "config.json").is_file():
@@ -57,8 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
             block_size=args.block_size,
-            scheduler_cls=None if args.stock else "serving._scheduler.ProgramAwareScheduler",
-            scheduler_policy=knobs,
+            scheduler_cls=None if args.stock else PROGRAM_AWARE_SCHEDULER,
+            scheduler_knobs=knobs,
             extra_args=tuple(extra),
         )
     )
@@ -68,13 +81,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _knobs(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    from serving._policy import parse_knobs
+    from serving._knobs import parse_knobs
 
     try:
         knobs = json.loads(text)
     except ValueError as exc:
-        raise UserError(f"--scheduler-policy is not JSON: {exc}") from None
+        raise UserError(f"--scheduler-knobs is not JSON: {exc}") from None
     if not isinstance(knobs, dict):
-        raise UserError("--scheduler-policy must be a JSON object")
+        raise UserError("--scheduler-knobs must be a JSON object")
     parse_knobs(None, knobs)  # fail here, not in the engine process
     return knobs

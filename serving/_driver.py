@@ -68,7 +68,7 @@ class Abort:
 
 
 @dataclass(slots=True)
-class Call:
+class RunOnEngine:
     fn: Callable[[], Any]
     future: concurrent.futures.Future[Any]
 
@@ -84,7 +84,7 @@ class Stop:
     """Ends the loop after the commands queued before it."""
 
 
-Command = Submit | Abort | Call | Pause | Stop
+Command = Submit | Abort | RunOnEngine | Pause | Stop
 
 
 class Driver:
@@ -181,7 +181,7 @@ class Driver:
             "scheduler_cls": c.scheduler_cls,
             "scheduling_policy": c.scheduling_policy,
             "seed": c.seed,
-            "scheduler_options": dict(c.scheduler_policy),
+            "scheduler_knobs": dict(c.scheduler_knobs),
         }
 
     def _loop(self) -> None:
@@ -217,7 +217,7 @@ class Driver:
             self._add(command)
         elif isinstance(command, Abort):
             self._abort(command.request_id)
-        elif isinstance(command, Call):
+        elif isinstance(command, RunOnEngine):
             _run_call(command)
         elif isinstance(command, Pause):
             self._paused = command.paused
@@ -262,7 +262,7 @@ class Driver:
         for command in pending:
             if isinstance(command, Submit):
                 command.sink.put(copy_error(reason))
-            elif isinstance(command, Call) and command.future.set_running_or_notify_cancel():
+            elif isinstance(command, RunOnEngine) and command.future.set_running_or_notify_cancel():
                 command.future.set_exception(copy_error(reason))
         for sink in self._sinks.values():
             sink.put(copy_error(reason))
@@ -275,7 +275,7 @@ class Driver:
             logger.warning("embedded engine shutdown failed", exc_info=True)
 
 
-def _run_call(command: Call) -> None:
+def _run_call(command: RunOnEngine) -> None:
     if not command.future.set_running_or_notify_cancel():
         return  # the caller gave up waiting
     try:

@@ -1,15 +1,15 @@
 """`agentflow serve`: vLLM's OpenAI-compatible server with the program-aware scheduler.
 
-The server is vLLM's own (`vllm serve`), started with `--scheduler-cls
-serving._scheduler.ProgramAwareScheduler` and one ASGI middleware, `ProgramMetadataMiddleware`:
+The server is vLLM's own (`vllm serve`), started with `--scheduler-cls PROGRAM_AWARE_SCHEDULER`
+and one ASGI middleware, `ProgramMetadataMiddleware`:
 
 - On `POST /v1/completions`, `/v1/chat/completions`, `/v1/responses` and `/invocations` it
-  reads the program fields (`serving._policy.ProgramFields`) from `vllm_xargs` or from the top
+  reads the program fields (`agentflow.metadata.ProgramMetadata`) from `vllm_xargs` or from the top
   level of the body (what the OpenAI client's `extra_body` produces), validates them, and
   forwards them in `vllm_xargs`, where the scheduler reads them. Malformed metadata gets
   HTTP 400 and never reaches the engine. A request without program fields passes untouched.
 - It serves the scheduler's own routes (the engine core runs in another process; vLLM's
-  utility-call channel reaches it):
+  utility-call channel carries a `serving._control` command to it):
   `GET /agentflow/metrics`, `POST /agentflow/end_program {"program_id"}`,
   `POST /agentflow/tool_duration {"tool", "duration_s"}`, `POST /agentflow/configure {knobs}`.
 """
@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from agentflow.exceptions import MetadataError
+from agentflow.metadata import PROGRAM_KEYS, ProgramMetadata, describe_validation
 from serving import _vllm
-from serving._policy import PROGRAM_KEYS, parse_program_metadata
+from serving._control import PROGRAM_AWARE_SCHEDULER, Configure, EndProgram, GetMetrics, ToolDuration
 
 __all__ = ["ProgramMetadataMiddleware", "ServeOptions", "serve", "vllm_server_args"]
 
@@ -49,8 +52,8 @@ class ServeOptions:
     max_model_len: int = 4096
     max_num_seqs: int = 64
     block_size: int = 32
-    scheduler_cls: str | None = "serving._scheduler.ProgramAwareScheduler"  # None: vLLM's stock scheduler
-    scheduler_policy: dict[str, Any] | None = None  # knobs (serving._scheduler)
+    scheduler_cls: str | None = PROGRAM_AWARE_SCHEDULER  # None: vLLM's stock scheduler
+    scheduler_knobs: dict[str, Any] | None = None  # serving._knobs.SchedulerKnobs
     seed: int = 0
     extra_args: tuple[str, ...] = ()  # passed to vLLM as they are
 
@@ -73,8 +76,8 @@ def vllm_server_args(options: ServeOptions) -> list[str]:
     ]  # fmt: skip
     if options.scheduler_cls is not None:
         argv += ["--scheduler-cls", options.scheduler_cls]
-    if options.scheduler_policy:
-        argv += ["--additional-config", json.dumps({_vllm.SCHEDULER_OPTIONS_KEY: options.scheduler_policy})]
+    if options.scheduler_knobs:
+        argv += ["--additional-config", json.dumps({_vllm.SCHEDULER_KNOBS_KEY: options.scheduler_knobs})]
     return argv + list(options.extra_args)
 
 
@@ -110,9 +113,9 @@ class ProgramMetadataMiddleware:
             await _send_json(send, 400, _openai_error(str(exc), "vllm_xargs"))
             return
         if rewritten is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, _resend(body, receive), send)
         else:
-            await self.app(_with_length(scope, len(rewritten)), _replay(rewritten, receive), send)
+            await self.app(_with_length(scope, len(rewritten)), _resend(rewritten, receive), send)
 
 
 def rewrite_body(body: bytes) -> bytes | None:
@@ -136,7 +139,7 @@ def rewrite_body(body: bytes) -> bytes | None:
         if key in xargs and xargs[key] != value:
             raise MetadataError(f"{key} is given both in the body and in vllm_xargs, with different values")
     merged = {**xargs, **top}
-    if parse_program_metadata(merged) is None and not top:
+    if ProgramMetadata.from_extra_args(merged) is None and not top:
         return None
     # vLLM types vllm_xargs values as str | int | float: send flags as 0/1 and leave nulls out.
     payload["vllm_xargs"] = {k: int(v) if isinstance(v, bool) else v for k, v in merged.items() if v is not None}
@@ -160,17 +163,18 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _resend(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the body we already read, then the client's later messages."""
     sent = False
 
-    async def replay() -> Message:
+    async def resend() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()  # http.disconnect and the like
 
-    return replay
+    return resend
 
 
 def _with_length(scope: Scope, length: int) -> Scope:
@@ -203,51 +207,42 @@ def _json_default(value: Any) -> Any:
 
 # -- /agentflow routes --------------------------------------------------------------------------------
 
-_ROUTES = {
-    ("GET", "/agentflow/metrics"): "metrics",
-    ("POST", "/agentflow/end_program"): "end_program",
-    ("POST", "/agentflow/tool_duration"): "observe_tool_duration",
-    ("POST", "/agentflow/configure"): "configure",
+# (method, path) -> the command it sends, built from the request body.
+_ROUTES: dict[tuple[str, str], Callable[[dict[str, Any]], BaseModel]] = {
+    ("GET", "/agentflow/metrics"): lambda _body: GetMetrics(),
+    ("POST", "/agentflow/end_program"): lambda body: EndProgram.model_validate(body),
+    ("POST", "/agentflow/tool_duration"): lambda body: ToolDuration.model_validate(body),
+    ("POST", "/agentflow/configure"): lambda body: Configure(knobs=body),
 }
 
 
 async def _agentflow_route(scope: Scope, receive: Receive, send: Send) -> None:
-    name = _ROUTES.get((scope.get("method", ""), scope.get("path", "")))
-    if name is None:
+    make_command = _ROUTES.get((scope.get("method", ""), scope.get("path", "")))
+    if make_command is None:
         await _send_json(send, 404, _openai_error(f"no route {scope.get('method')} {scope.get('path')}", None))
         return
-    payload: dict[str, Any] = {}
+    body: Any = {}
     if scope.get("method") == "POST":
         try:
-            payload = json.loads(await _read_body(receive) or b"{}")
+            body = json.loads(await _read_body(receive) or b"{}")
         except ValueError:
-            payload = None  # type: ignore[assignment]
-        problem = _check_payload(name, payload)
-        if problem is not None:
-            await _send_json(send, 400, _openai_error(problem, None))
+            body = None
+        if not isinstance(body, dict):
+            await _send_json(send, 400, _openai_error("the body must be a JSON object", None))
             return
-    engine_client = getattr(getattr(scope.get("app"), "state", None), "engine_client", None)
+    try:
+        command = make_command(body)
+    except ValidationError as exc:
+        await _send_json(send, 400, _openai_error(describe_validation(exc), None))
+        return
+    engine_client = _vllm.server_engine_client(scope)
     if engine_client is None:
         await _send_json(send, 503, _openai_error("the engine is not ready", None))
         return
     try:
-        result = await _vllm.engine_core_call(engine_client, name, payload)
+        result = await _vllm.engine_core_call(engine_client, command.model_dump())
     except Exception as exc:  # the engine core reports a failed call as an exception here
-        status = 400 if name == "configure" else 500
+        status = 400 if isinstance(command, Configure) else 500
         await _send_json(send, status, _openai_error(str(exc), None))
         return
     await _send_json(send, 200, result if result is not None else {"ok": True})
-
-
-def _check_payload(name: str, payload: Any) -> str | None:
-    if not isinstance(payload, dict):
-        return "the body must be a JSON object"
-    if name == "end_program" and not (isinstance(payload.get("program_id"), str) and payload["program_id"]):
-        return "program_id (a non-empty string) is required"
-    if name == "observe_tool_duration":
-        duration = payload.get("duration_s")
-        if not isinstance(payload.get("tool"), str) or isinstance(duration, bool):
-            return "tool (a string) and duration_s (seconds >= 0) are required"
-        if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration < 0:
-            return "duration_s must be a number of seconds >= 0"
-    return None

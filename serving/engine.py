@@ -25,17 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from agentflow._model import default_model_dir, prepare_default_model
 from agentflow.exceptions import BackendConfigError, UserError
+from agentflow.metadata import ProgramMetadata
 from serving import _vllm
-from serving._driver import Abort, Call, Driver, Pause, Sink, Submit, copy_error
-from serving._policy import parse_knobs, parse_program_metadata
-from serving._types import GenerationChunk, GenerationResult
+from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
+from serving._driver import Abort, Driver, Pause, RunOnEngine, Sink, Submit, copy_error
+from serving._knobs import parse_knobs
+from serving._types import GenerationChunk, GenerationResult, QueueSnapshot
+from serving.models import default_model_dir, prepare_default_model
 
-__all__ = ["PROGRAM_AWARE_SCHEDULER", "EmbeddedEngine", "EngineConfig", "GenerationChunk", "GenerationResult"]
-
-# agentflow's scheduler (serving._scheduler): program-level FCFS, KV pinned across tool calls, urgency.
-PROGRAM_AWARE_SCHEDULER = "serving._scheduler.ProgramAwareScheduler"
+__all__ = [
+    "PROGRAM_AWARE_SCHEDULER",
+    "EmbeddedEngine",
+    "EngineConfig",
+    "GenerationChunk",
+    "GenerationResult",
+    "QueueSnapshot",
+]
 
 _T = TypeVar("_T")
 _GiB = 1024**3
@@ -57,8 +63,8 @@ class EngineConfig:
     scheduler_cls: str | None = PROGRAM_AWARE_SCHEDULER
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     seed: int = 0
-    # Knobs of the program-aware scheduler (serving._scheduler), as a mapping; kept as sorted items.
-    scheduler_policy: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
+    # Knobs of the program-aware scheduler (serving._knobs), as a mapping; kept as sorted items.
+    scheduler_knobs: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         """Resolve the model directory and check the limits of vLLM's CPU backend."""
@@ -66,9 +72,9 @@ class EngineConfig:
         path = default_model_dir() if self.model_dir is None else Path(self.model_dir).expanduser()
         object.__setattr__(self, "model_dir", path.absolute())
         # Sorted items: equal knobs make equal (hashable) configs, and so one shared engine.
-        policy = self.scheduler_policy
-        items = tuple(sorted(policy.items() if isinstance(policy, Mapping) else policy))
-        object.__setattr__(self, "scheduler_policy", items)
+        knobs = self.scheduler_knobs
+        items = tuple(sorted(knobs.items() if isinstance(knobs, Mapping) else knobs))
+        object.__setattr__(self, "scheduler_knobs", items)
         if items:
             parse_knobs(None, dict(items))  # fail here, not inside the engine
         if self.block_size <= 0 or self.block_size % 32:
@@ -173,7 +179,7 @@ class EmbeddedEngine:
             UserError: bad arguments (both constraints, a request id already running).
         """
         _check_generate_args(max_tokens=max_tokens, grammar=grammar, json_schema=json_schema)
-        parse_program_metadata(extra_args)  # raises MetadataError before anything reaches the engine
+        ProgramMetadata.from_extra_args(extra_args)  # raises MetadataError before anything reaches the engine
         driver = await self._started()
         params = _vllm.make_sampling_params(
             max_tokens=max_tokens,
@@ -300,7 +306,7 @@ class EmbeddedEngine:
         """Run `fn()` on the engine thread between two steps; its result or exception."""
         driver = await self._started()
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        if not driver.post(Call(fn, future)):
+        if not driver.post(RunOnEngine(fn, future)):
             raise _dead_error(driver)
         return await asyncio.wrap_future(future)
 
@@ -321,40 +327,45 @@ class EmbeddedEngine:
         finally:
             driver.post(Pause(False))
 
+    async def queue_snapshot(self) -> QueueSnapshot:
+        """Which requests run now (by the ids their callers gave), how many wait, KV usage: between two steps."""
+        driver = await self._started()
+        return await self.call_in_engine(lambda: _vllm.queue_snapshot(driver.engine))
+
     async def num_unfinished_requests(self) -> int:
         """Requests the engine holds that have not finished (read on the engine thread)."""
         driver = await self._started()
         return await self.call_in_engine(lambda: _vllm.num_unfinished_requests(driver.engine))
 
-    # --- the program-aware scheduler (serving._scheduler) -----------------------------------
+    # --- the program-aware scheduler (serving._control.SchedulerControl) ----------------------
     # Each is a no-op (None) on an engine with another scheduler, and none starts the engine
     # except those that must read it.
 
     def observe_tool_duration(self, tool: str, duration_s: float) -> None:
         """Report a tool's real duration to the scheduler's predictor; never blocks, never starts the engine."""
-        self._post_to_scheduler("observe_tool_duration", tool, duration_s)
+        self._post_to_scheduler(lambda control: control.observe_tool_duration(tool, duration_s))
 
     def post_end_program(self, program_id: str) -> None:
         """`end_program` without waiting (safe from a cancelled task); never starts the engine."""
-        self._post_to_scheduler("end_program", program_id)
+        self._post_to_scheduler(lambda control: control.end_program(program_id))
 
     async def end_program(self, program_id: str) -> dict[str, Any] | None:
         """Release the program's pinned KV; its serving summary (None if the engine is not running)."""
         if not self._running():
             return None
-        return await self._scheduler_call("end_program", program_id)
+        return await self._scheduler_call(lambda control: control.end_program(program_id))
 
     async def agentflow_metrics(self) -> dict[str, Any] | None:
         """The scheduler's counters (`ProgramAwareScheduler.agentflow_metrics`)."""
-        return await self._scheduler_call("agentflow_metrics")
+        return await self._scheduler_call(lambda control: control.agentflow_metrics())
 
     async def configure_scheduler(self, **knobs: Any) -> dict[str, Any] | None:
-        """Change the scheduler's knobs at runtime (see `serving._scheduler`); all knobs after.
+        """Change the scheduler's knobs at runtime (`serving._knobs.SchedulerKnobs`); all knobs after.
 
         Raises:
-            UserError: an unknown knob or a bad value.
+            UserError: an unknown knob or a bad value (no knob changes then).
         """
-        return await self._scheduler_call("configure", **knobs)
+        return await self._scheduler_call(lambda control: control.configure(**knobs))
 
     async def num_free_blocks(self) -> int:
         """Free KV blocks in the pool (prefix-cached blocks nobody references count as free)."""
@@ -370,27 +381,27 @@ class EmbeddedEngine:
         driver = self._driver
         return driver is not None and driver.ready.done() and driver.dead is None and driver.ready.exception() is None
 
-    async def _scheduler_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _scheduler_call(self, fn: Callable[[SchedulerControl], _T]) -> _T | None:
         driver = await self._started()
 
-        def call() -> Any:
-            fn = getattr(_vllm.live_scheduler(driver.engine), method, None)
-            return None if fn is None else fn(*args, **kwargs)
+        def call() -> _T | None:
+            control = _vllm.scheduler_control(driver.engine)
+            return None if control is None else fn(control)
 
         return await self.call_in_engine(call)
 
-    def _post_to_scheduler(self, method: str, *args: Any) -> None:
+    def _post_to_scheduler(self, fn: Callable[[SchedulerControl], object]) -> None:
         if not self._running():
             return
         driver = self._driver
         assert driver is not None
 
         def call() -> None:
-            fn = getattr(_vllm.live_scheduler(driver.engine), method, None)
-            if fn is not None:
-                fn(*args)
+            control = _vllm.scheduler_control(driver.engine)
+            if control is not None:
+                fn(control)
 
-        driver.post(Call(call, concurrent.futures.Future()))  # nobody waits: errors are dropped with it
+        driver.post(RunOnEngine(call, concurrent.futures.Future()))  # nobody waits: errors are dropped with it
 
     # --- internals ----------------------------------------------------------------------
 

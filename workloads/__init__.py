@@ -1,17 +1,26 @@
-"""Batch runners for real workloads, with their own data and checkers, resumable, with reports.
+"""Batch runners for real workloads, in two wings, with their own data and checkers, resumable, with reports.
 
-- BFCL (`agentflow bfcl`): bfcl-eval's shipped records run as agentflow programs (native: calls
-  in one model turn as BFCL prompts; compiled: the planner builds the DAG) and scored by BFCL's
-  own AST, multi-turn and relevance checkers.
-- `run_batch` / `ResultsFile`: the shared batch behaviour (K records at once, JSONL appended
-  durably as each completes, `--resume` after a kill, summary table, accuracy plot).
-- `SchemaTool`: a tool from a JSON-schema function description, validated like `@tool`.
+- `workloads.bfcl` (`agentflow bfcl`): bfcl-eval's shipped records run as agentflow programs and
+  scored by BFCL's own checkers.
+- `workloads.replay` (`agentflow replay`, `agentflow bench serving`): real agent traces replayed
+  through the embedded engine under several serving policies.
+- Shared: `run_batch` / `ResultsFile` (K records at once, JSONL appended durably as each
+  completes, `--resume` after a kill, summary table, accuracy plot) and `SchemaTool` (a tool from
+  a JSON-schema function description, validated like `@tool`).
 """
 
 from workloads._batch import BatchItem, BatchStats, CategorySummary, ResultsFile, run_batch, summarize
-from workloads._bfcl import BfclOptions, BfclReport, run_bfcl, run_bfcl_async
-from workloads._bfcl_data import ALL_CATEGORIES, BfclRecord, MalformedRecord, load_category
 from workloads._schema import SchemaTool
+from workloads.bfcl import (
+    ALL_CATEGORIES,
+    BfclOptions,
+    BfclRecord,
+    BfclReport,
+    MalformedRecord,
+    load_category,
+    run_bfcl,
+    run_bfcl_async,
+)
 
 __all__ = [
     "ALL_CATEGORIES",

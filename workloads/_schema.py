@@ -67,6 +67,7 @@ class SchemaTool(Tool[..., Any]):
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_concurrency = max_concurrency
+        self.expected_duration_s: float | None = None  # learned by the runtime
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.runs_in_thread = not self.is_async
         self.doc = dict(doc)

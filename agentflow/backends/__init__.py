@@ -13,22 +13,30 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 from agentflow.exceptions import BackendConfigError
+from agentflow.metadata import ProgramMetadata
 
-from ._protocol import Completion, LLMBackend, LLMRequest, ProgramMetadata
+from ._protocol import Completion, LLMBackend, LLMRequest, ProgramAwareBackend
 
 __all__ = [
+    "EMBEDDED_BACKEND",
     "MODEL_ENV",
     "Completion",
     "LLMBackend",
     "LLMRequest",
+    "ProgramAwareBackend",
     "ProgramMetadata",
     "resolve_backend",
 ]
 
 MODEL_ENV = "AGENTFLOW_MODEL"
+# The embedded engine lives in the serving package, above the SDK: it is loaded by name, on
+# first use, so importing agentflow never imports serving (or vLLM).
+EMBEDDED_BACKEND = "serving.embedded:EmbeddedBackend"
 _FORMS = "embedded, embedded:/model/dir, vllm:MODEL@URL, openai:MODEL[@URL], litellm:PROVIDER/MODEL"
 
 
@@ -41,9 +49,8 @@ def resolve_backend(model: str | LLMBackend | None = None) -> LLMBackend:
     spec = (model or os.environ.get(MODEL_ENV) or "embedded").strip()
     scheme, _, rest = spec.partition(":")
     if scheme == "embedded":
-        from .embedded import EmbeddedBackend
-
-        return EmbeddedBackend(model_dir=rest or None)
+        backend: LLMBackend = _load(EMBEDDED_BACKEND)(rest or None)
+        return backend
     if scheme in ("openai", "vllm"):
         name, _, base_url = rest.partition("@")
         if not name:
@@ -58,3 +65,13 @@ def resolve_backend(model: str | LLMBackend | None = None) -> LLMBackend:
 
         return LiteLLMBackend(rest)
     raise BackendConfigError(f"unknown model string {spec!r} (forms: {_FORMS})")
+
+
+def _load(reference: str) -> Any:
+    """The object a `"module:attr"` reference names."""
+    module_name, _, attr = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise BackendConfigError(f"{reference} cannot be imported ({exc}); is agentflow fully installed?") from exc
+    return getattr(module, attr)

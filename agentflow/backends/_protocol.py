@@ -6,49 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Completion", "LLMBackend", "LLMRequest", "ProgramMetadata"]
+from agentflow.metadata import ProgramMetadata
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProgramMetadata:
-    """What the runtime knows about the program an LLM call belongs to.
-
-    Sent with every LLM call of a `Program` so a program-aware engine can schedule it
-    (vLLM: `SamplingParams.extra_args`; OpenAI-compatible servers: `vllm_xargs`).
-
-    Backends may also offer two optional hooks the runtime calls when present:
-    `observe_tool_duration(tool, duration_s)` as each tool ends, and `async end_program(program_id)`
-    when a program exits (the embedded backend releases the program's pinned KV there).
-    """
-
-    program_id: str
-    arrival_s: float  # unix time the program started
-    turn: int  # index of this LLM call within the program, from 0
-    is_last_turn: bool = False  # no LLM call depends on this one
-    next_tool: str | None = None  # the tool that consumes this call's output, if any
-    next_tool_duration_s: float | None = None  # predicted duration of that tool
-    deadline_s: float | None = None  # unix time the program must finish by
-    # Expected seconds from this call's start to the program's end along the DAG's longest
-    # remaining chain (this call included), when node durations are known: urgency needs it.
-    critical_path_s: float | None = None
-
-    def to_extra_args(self) -> dict[str, Any]:
-        """Flat JSON-safe mapping, the form vLLM's `extra_args` and `vllm_xargs` take."""
-        out: dict[str, Any] = {
-            "program_id": self.program_id,
-            "program_arrival_s": self.arrival_s,
-            "turn": self.turn,
-            "is_last_turn": self.is_last_turn,
-        }
-        if self.next_tool is not None:
-            out["next_tool"] = self.next_tool
-        if self.next_tool_duration_s is not None:
-            out["next_tool_duration_s"] = self.next_tool_duration_s
-        if self.deadline_s is not None:
-            out["deadline_s"] = self.deadline_s
-        if self.critical_path_s is not None:
-            out["critical_path_s"] = self.critical_path_s
-        return out
+__all__ = ["Completion", "LLMBackend", "LLMRequest", "ProgramAwareBackend"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,4 +64,25 @@ class LLMBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; the shared embedded engine stays up for the process."""
+        ...
+
+
+@runtime_checkable
+class ProgramAwareBackend(Protocol):
+    """A backend that keeps per-program state in the engine (pinned KV, learned tool durations).
+
+    `Program` tells it what only the runtime knows: each tool's real duration as the tool ends,
+    and the program's end (its pinned KV is released at once, not on expiry).
+    """
+
+    def observe_tool_duration(self, tool: str, duration_s: float) -> None:
+        """A tool of some program just took `duration_s` seconds (never blocks)."""
+        ...
+
+    async def end_program(self, program_id: str) -> dict[str, Any] | None:
+        """The program is over: release what the engine holds for it; the engine's summary of it."""
+        ...
+
+    def post_end_program(self, program_id: str) -> None:
+        """`end_program` without waiting, for a task that is being cancelled."""
         ...

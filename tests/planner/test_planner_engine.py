@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 import planner.examples as examples_module
-from agentflow.backends.embedded import EmbeddedBackend
 from agentflow.tools import ToolRegistry
 from planner import PlannerOptions, compile_and_run
 from planner._bench import plan_validity, validity_tasks
 from planner._cli import planner_examples, run_command
+from serving import EmbeddedBackend
 from serving.engine import EmbeddedEngine
 
 pytestmark = pytest.mark.engine

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads._bfcl_env import bfcl_data_dir
+from workloads.bfcl._env import bfcl_data_dir
 
 
 @pytest.fixture

@@ -1,0 +1,116 @@
+"""The embedded backend: LLM calls served by the in-process vLLM engine (`serving.engine`).
+
+The SDK resolves the `embedded` model string to `EmbeddedBackend` by name
+(`agentflow.backends.EMBEDDED_BACKEND`), so the SDK never imports this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from agentflow.backends import Completion, LLMRequest
+from agentflow.exceptions import UserError
+from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk
+
+__all__ = ["EmbeddedBackend"]
+
+
+class EmbeddedBackend:
+    """`LLMBackend` over the process-wide embedded engine for its configuration.
+
+    `model_dir=None` serves the default SmolLM2-135M-Instruct, converted from the shipped GGUF
+    on the engine's first start. `engine_options` are `EngineConfig` fields
+    (`kv_cache_bytes`, `max_model_len`, `scheduler_cls`, ...). Backends with equal options
+    share one engine.
+
+    `LLMRequest.extra` keys read here (others belong to other backends and are ignored):
+    `ignore_eos`, `priority`, `request_id`, `extra_args` (merged under the program metadata).
+    """
+
+    name = "embedded"
+    supports_grammar = True
+
+    def __init__(self, model_dir: str | os.PathLike[str] | None = None, **engine_options: Any) -> None:
+        """Bind to the shared engine for these options; nothing starts until the first call."""
+        try:
+            config = EngineConfig(model_dir=None if model_dir is None else Path(model_dir), **engine_options)
+        except TypeError as exc:  # an option EngineConfig does not have
+            raise UserError(f"bad embedded engine option: {exc}") from exc
+        self.engine = EmbeddedEngine.shared(config)
+        self._tokenizer_loaded = False
+
+    async def start(self) -> None:
+        """Start the shared engine (prepares the default model on first use) without blocking the loop."""
+        await self.engine.astart()
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        """Run the request to completion on the embedded engine."""
+        texts: list[str] = []
+        num_completion_tokens = 0
+        last: GenerationChunk | None = None
+        async for chunk in await self._generate(request):
+            texts.append(chunk.text)
+            num_completion_tokens += len(chunk.token_ids)
+            last = chunk
+        assert last is not None and last.finished, "generate() ends with a finished chunk"
+        return Completion(
+            text="".join(texts),
+            finish_reason=last.finish_reason,
+            prompt_tokens=last.num_prompt_tokens,
+            completion_tokens=num_completion_tokens,
+            cached_tokens=last.num_cached_tokens,
+        )
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        """Yield text deltas as the engine produces them."""
+        async for chunk in await self._generate(request):
+            if chunk.text:
+                yield chunk.text
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared engine stays up for the process."""
+
+    def observe_tool_duration(self, tool: str, duration_s: float) -> None:
+        """A tool's real duration, for the program-aware scheduler's predictor (never blocks)."""
+        self.engine.observe_tool_duration(tool, duration_s)
+
+    async def end_program(self, program_id: str) -> dict[str, Any] | None:
+        """Release the program's pinned KV; the scheduler's summary of the program, if it has one."""
+        return await self.engine.end_program(program_id)
+
+    def post_end_program(self, program_id: str) -> None:
+        """`end_program` without waiting: for a task that is being cancelled."""
+        self.engine.post_end_program(program_id)
+
+    async def _generate(self, request: LLMRequest) -> AsyncIterator[GenerationChunk]:
+        prompt = await self._prompt(request)
+        extra = request.extra
+        extra_args = dict(extra.get("extra_args") or {})
+        if request.metadata is not None:
+            extra_args.update(request.metadata.to_extra_args())
+        return self.engine.generate(
+            prompt=prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            stop=request.stop,
+            ignore_eos=bool(extra.get("ignore_eos", False)),
+            grammar=request.grammar,
+            json_schema=request.json_schema,
+            extra_args=extra_args or None,
+            request_id=extra.get("request_id"),
+            priority=int(extra.get("priority", 0)),
+        )
+
+    async def _prompt(self, request: LLMRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt  # raw: the caller formatted it
+        assert request.messages is not None  # LLMRequest guarantees one of the two
+        if not self._tokenizer_loaded:
+            # The first load may convert the default model (~20 s): keep it off the loop.
+            await asyncio.to_thread(lambda: self.engine.tokenizer)
+            self._tokenizer_loaded = True
+        return self.engine.apply_chat_template(request.messages)

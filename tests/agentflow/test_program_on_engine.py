@@ -1,0 +1,76 @@
+"""The SDK end to end on the real embedded engine: the demo program and program metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentflow import CallKind, Program, semantic_function, tool
+from agentflow.demo import city_break
+from serving import EmbeddedBackend
+from serving.engine import EmbeddedEngine
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def backend(engine: EmbeddedEngine, engine_options: dict[str, Any]) -> EmbeddedBackend:
+    # Same options as the session engine: the backend shares it instead of starting another.
+    shared = EmbeddedBackend(**engine_options)
+    assert shared.engine is engine
+    return shared
+
+
+async def test_demo_program_answers_with_parallel_llm_calls(backend: EmbeddedBackend) -> None:
+    run = await city_break(cities=("Lisbon", "Oslo"), model=backend)
+    assert not run["failures"]
+    assert isinstance(run["answer"], str) and run["answer"].strip()
+    assert all(isinstance(b, str) and b for b in run["briefs"].values())
+    trace = run["trace"]
+    briefs = [r for r in trace.records if r.target == "city_brief"]
+    # The two briefs were running at the same time: their intervals overlap.
+    first, second = sorted(briefs, key=lambda r: r.start_s)
+    assert second.start_s < first.end_s
+    assert trace.critical_path[-1] == next(r.node_id for r in trace.records if r.target == "recommend")
+
+
+@tool
+def lookup(city: str) -> str:
+    """Return a fact about a city."""
+    return {"Paris": "Paris is the capital of France."}.get(city, "unknown")
+
+
+@semantic_function(max_tokens=16)
+def answer(fact: str) -> str:
+    """Using this fact: {fact} -- what is the capital of France? Answer with one word."""
+
+
+@tool
+def shout(text: str) -> str:
+    """Upper-case a text."""
+    return text.upper()
+
+
+async def test_program_metadata_reaches_the_scheduler(backend: EmbeddedBackend, engine: EmbeddedEngine) -> None:
+    seen: list[dict[str, Any]] = []
+    scheduler = engine.scheduler
+    original_add = scheduler.add_request
+
+    def spy(request: Any) -> None:
+        seen.append(dict(request.sampling_params.extra_args or {}))
+        original_add(request)
+
+    await engine.call_in_engine(lambda: setattr(scheduler, "add_request", spy))
+    try:
+        async with Program(model=backend, program_id="meta-test", deadline_in_s=120) as p:
+            loud = shout(answer(lookup("Paris")))
+            text = await loud
+    finally:
+        await engine.call_in_engine(lambda: delattr(scheduler, "add_request"))
+    assert "PARIS" in text
+    assert [n.kind for n in p.graph] == [CallKind.TOOL, CallKind.LLM, CallKind.TOOL]
+    [meta] = [m for m in seen if m.get("program_id") == "meta-test"]
+    assert meta["turn"] == 0
+    assert meta["next_tool"] == "shout"
+    assert meta["deadline_at_s"] == pytest.approx(meta["program_arrival_s"] + 120)
