@@ -114,3 +114,39 @@ def test_server_arguments() -> None:
     assert argv[argv.index("--scheduler-cls") + 1] == "serving._scheduler.ProgramAwareScheduler"
     assert json.loads(argv[argv.index("--additional-config") + 1]) == {"agentflow_scheduler_knobs": {"fixed_ttl_s": 2}}
     assert "--scheduler-cls" not in vllm_server_args(ServeOptions(model_dir=Path("/m"), scheduler_cls=None))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"program_id": "p", "turn": "one"},
+        {"program_id": "p", "next_tool_duration_s": -1},
+        {"program_id": "p", "deadline_at_s": 0},
+        {"program_id": "p", "surprise": 1},
+    ],
+)
+async def test_one_validation_gives_the_embedded_error_and_the_http_400(fields: dict[str, Any]) -> None:
+    """The embedded engine and the server reject malformed metadata with the same words, from one schema."""
+    from agentflow.metadata import ProgramMetadata
+    from serving.engine import EmbeddedEngine, EngineConfig
+
+    with pytest.raises(MetadataError) as schema:
+        ProgramMetadata.from_extra_args(fields)
+    with pytest.raises(MetadataError) as embedded:  # refused before the engine would start
+        await anext(EmbeddedEngine(EngineConfig()).generate(prompt="hi", max_tokens=1, extra_args=fields))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": _body(vllm_xargs=fields), "more_body": False}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("malformed metadata reached vLLM")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    await ProgramMetadataMiddleware(app)(scope, receive, send)
+    assert sent[0]["status"] == 400
+    error = json.loads(sent[1]["body"])["error"]
+    assert str(embedded.value) == str(schema.value) == error["message"]
