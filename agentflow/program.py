@@ -66,7 +66,8 @@ class Program:
         self._token: Any = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._result: RunResult | None = None
-        self.backend: LLMBackend = _LazyBackend(model)
+        self._lazy_backend = _LazyBackend(model)  # resolves `model` on the first LLM call
+        self.backend: LLMBackend = self._lazy_backend
         # What a program-aware backend reported when the program ended (pins, queueing, cache hits).
         self.serving: dict[str, Any] | None = None
 
@@ -86,7 +87,7 @@ class Program:
             facts=facts,
             max_parallel=self._max_parallel,
             backend=self.backend,
-            observers=(*self._observers, _ToolDurationFeed(self.backend)),
+            observers=(*self._observers, _ToolDurationFeed(self._lazy_backend)),
             estimates=self._estimates,
         )
         if self.deadline_in_s is not None:
@@ -108,13 +109,13 @@ class Program:
         except asyncio.CancelledError:
             executor.cancel("program cancelled")
             self._result = executor.result()
-            _post_end_program(self.backend, self.program_id)
+            _post_end_program(self._lazy_backend, self.program_id)
             raise
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             executor.shutdown()
-        self.serving = await _end_program(self.backend, self.program_id)
+        self.serving = await _end_program(self._lazy_backend, self.program_id)
 
     def _on_deadline(self) -> None:
         self._running().cancel(f"deadline of {self.deadline_in_s:g} s passed")

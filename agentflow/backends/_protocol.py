@@ -47,8 +47,14 @@ class Completion:
 class LLMBackend(Protocol):
     """An LLM behind one interface: the embedded engine, an OpenAI-compatible server, litellm."""
 
-    name: str
-    supports_grammar: bool  # accepts `LLMRequest.grammar` (EBNF) and enforces it
+    # Read-only: a plain attribute satisfies them, and so does a property (a backend resolved lazily).
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def supports_grammar(self) -> bool:
+        """Whether it accepts `LLMRequest.grammar` (EBNF) and enforces it."""
+        ...
 
     async def start(self) -> None:
         """Get ready to serve (load the model, open connections); calls do this lazily anyway."""
