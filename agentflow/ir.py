@@ -259,9 +259,10 @@ class CallGraph:
             best_parent[node_id] = parent
         if not finish:
             return [], 0.0
-        end: str | None = max(finish, key=finish.__getitem__)
-        length = finish[end]
+        last = max(finish, key=finish.__getitem__)
+        length = finish[last]
         path: list[str] = []
+        end: str | None = last
         while end is not None:
             path.append(end)
             end = best_parent[end]

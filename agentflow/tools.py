@@ -108,14 +108,20 @@ class Tool(Generic[P, R]):
         """Run the function with validated arguments (the executor calls this for async tools)."""
         del ctx
         _context.detach()  # the function runs as if outside the program (see `_context.detach`)
+        fn = self._fn_by_name()
         if self.is_async:
-            return await self.fn(**arguments)  # type: ignore[misc]
-        return self.fn(**arguments)  # type: ignore[call-arg]
+            return await fn(**arguments)
+        return fn(**arguments)
 
     def invoke_sync(self, arguments: dict[str, Any]) -> Any:
         """Run a sync function with validated arguments (in a worker thread, in a copied context)."""
         _context.detach()
-        return self.fn(**arguments)  # type: ignore[call-arg]
+        return self._fn_by_name()(**arguments)
+
+    def _fn_by_name(self) -> Callable[..., Any]:
+        # `fn` called with arguments by name: `bind` validated them against its signature at runtime,
+        # which `P` cannot express for a dict.
+        return self.fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Inside a `Program`: schedule the call, return its `SemanticVariable`. Outside: call `fn`."""
@@ -253,7 +259,7 @@ def build_arguments_model(
         alias = pname if field_name != pname else None
         fields[field_name] = (hints[pname], pydantic.Field(default, alias=alias, description=doc))
     try:
-        return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+        return pydantic.create_model(
             f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False), **fields
         )
     except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
@@ -342,7 +348,8 @@ def _check_options(
 ) -> None:
     if not callable(fn):
         raise ToolDefinitionError(f"@tool needs a function, got {fn!r}")
-    tool_name = name or getattr(fn, "__name__", "")
+    fn_name: str = getattr(fn, "__name__", "")
+    tool_name = name or fn_name
     if not _NAME.match(tool_name):
         raise ToolDefinitionError(f"tool name {tool_name!r} must match {_NAME.pattern}")
     if timeout_s is not None and not timeout_s > 0:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agentflow.exceptions import EngineError
 
 from ._protocol import Completion, LLMRequest
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = ["OpenAICompatBackend"]
 
@@ -66,7 +69,7 @@ class OpenAICompatBackend:
         params = self._params(request)
         try:
             if request.messages is not None:
-                chat = await self._client.chat.completions.create(messages=list(request.messages), **params)  # type: ignore[arg-type]
+                chat = await self._client.chat.completions.create(messages=_messages(request.messages), **params)
                 choice = chat.choices[0]
                 text, finish, usage = choice.message.content or "", choice.finish_reason, chat.usage
             else:
@@ -90,9 +93,9 @@ class OpenAICompatBackend:
         try:
             if request.messages is not None:
                 chunks = await self._client.chat.completions.create(
-                    messages=list(request.messages),
+                    messages=_messages(request.messages),
                     stream=True,
-                    **params,  # type: ignore[arg-type]
+                    **params,
                 )
                 async for chunk in chunks:
                     if chunk.choices and chunk.choices[0].delta.content:
@@ -107,3 +110,8 @@ class OpenAICompatBackend:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _messages(messages: tuple[dict[str, str], ...]) -> list[ChatCompletionMessageParam]:
+    # Role/content dicts as the caller wrote them; the server validates roles.
+    return cast("list[ChatCompletionMessageParam]", list(messages))
