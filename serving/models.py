@@ -204,7 +204,7 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     # a fresh model from the same config without it takes the de-quantized weights.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(gguf_model.state_dict())
     model.save_pretrained(out_dir)
     del gguf_model, model

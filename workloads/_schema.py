@@ -149,7 +149,7 @@ def _arguments_model(name: str, parameters: Mapping[str, Any]) -> type[pydantic.
             fields[f"p{index}"] = (annotation | None, pydantic.Field(None, alias=pname, description=description))
     config = pydantic.ConfigDict(extra="forbid", populate_by_name=False)
     try:
-        return pydantic.create_model(f"{_safe(name)}_arguments", __config__=config, **fields)  # type: ignore[call-overload,no-any-return]
+        return pydantic.create_model(f"{_safe(name)}_arguments", __config__=config, **fields)
     except (pydantic.PydanticSchemaGenerationError, TypeError, ValueError) as exc:
         raise ToolDefinitionError(f"{name}: unsupported parameter schema: {exc}") from exc
 
@@ -217,7 +217,8 @@ def _object_type(schema: Mapping[str, Any], where: str) -> Any:
     for key, sub in properties.items():
         sub_type = python_type(sub, f"{where}.{key}") if isinstance(sub, Mapping) else Any
         keys[str(key)] = typing_extensions.Required[sub_type] if key in required else sub_type
-    typed = typing_extensions.TypedDict(_safe(where), keys, total=False)  # type: ignore[operator]
+    # Built at runtime from the schema: mypy accepts only TypedDicts it can read statically.
+    typed = typing_extensions.TypedDict(_safe(where), keys, total=False)  # type: ignore[misc]
     typed.__pydantic_config__ = pydantic.ConfigDict(extra="allow")  # type: ignore[attr-defined]
     return typed
 

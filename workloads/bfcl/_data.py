@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pydantic
 
@@ -324,7 +324,7 @@ def _with_hint(entry_id: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]
     return list(hinted[0]["function"])
 
 
-def _is_turns_of_calls(value: Any) -> bool:
+def _is_turns_of_calls(value: Any) -> TypeGuard[list[list[str]]]:
     return isinstance(value, list) and all(
         isinstance(turn, list) and all(isinstance(call, str) for call in turn) for turn in value
     )

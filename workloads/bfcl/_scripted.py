@@ -62,6 +62,7 @@ def ground_truth_replies(record: BfclRecord) -> list[str]:
 
 def ground_truth_plans(record: BfclRecord) -> list[str]:
     """Compiled mode: per request, a plan (`1. f(a=1)` lines, `N. join()`) and the joiner's finish."""
+    turns: list[list[tuple[str, dict[str, Any]]] | None]
     if is_multi_turn(record.category):
         turns = [c for c in _calls_per_reply(record) if c is not None]
     else:
