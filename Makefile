@@ -26,8 +26,10 @@ test-unit: install
 test-engine: model
 	$(PY) -m pytest -m engine
 
+# mypy reads its files and settings from pyproject.toml ([tool.mypy]).
 lint: install
 	.venv/bin/ruff check agentflow planner executor serving workloads tests
+	.venv/bin/mypy
 
 bench: install
 	$(PY) -m agentflow bench executor --json bench-executor.json
