@@ -229,7 +229,8 @@ def _params(callee: Any) -> list[_Param]:
 def _kinds(prop: Mapping[str, Any]) -> frozenset[str] | None:
     if "anyOf" in prop:
         parts = [_kinds(p) for p in prop["anyOf"]]
-        return None if any(p is None for p in parts) else frozenset().union(*parts)  # type: ignore[arg-type]
+        known = [p for p in parts if p is not None]
+        return frozenset().union(*known) if len(known) == len(parts) else None
     kind = prop.get("type")
     kinds = kind if isinstance(kind, list) else [kind]
     if not kinds or not all(k in _JSON_KINDS for k in kinds):

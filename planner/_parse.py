@@ -225,7 +225,8 @@ def parse_call(body: str, registry: ToolRegistry, *, node_id: str, label: str | 
     Raises `PlanError` (without a line number: the caller knows the line).
     """
     call = _parse_expression(body)
-    name = call.func.id  # type: ignore[attr-defined]  # _parse_expression checked it is a Name
+    assert isinstance(call.func, ast.Name)  # _parse_expression checked it
+    name = call.func.id
     if name == JOIN:
         raise PlanError("join() takes no arguments and ends the plan")
     try:
