@@ -3,6 +3,22 @@
 Every layer names them the same way: `EngineConfig(scheduler_knobs={...})`, `agentflow serve
 --scheduler-knobs '{...}'`, `EmbeddedEngine.configure_scheduler(**knobs)`, the server's
 `POST /agentflow/configure`, and vLLM's `--additional-config '{"agentflow_scheduler_knobs": {...}}'`.
+A change that fails validation changes nothing.
+
+- `enabled` (True): False schedules every request as stock vLLM (the "vllm" baseline on the
+  same engine); pins are released.
+- `program_fcfs` (True), `pinning` (True), `urgency` (True): the three mechanisms, separately.
+  `pinning=False` with the rest on is vLLM's priority policy keyed by program arrival.
+- `fixed_ttl_s` (None): pin for this long instead of the cost model (Continuum pins 2 s).
+- `tau_max_s` (30), `handoff_slack_s` (0.05), `memory_price_weight` (0.05): the TTL cost model.
+- `max_pinned_fraction` (0.9): pinned blocks never exceed this share of the usable pool.
+- `min_tool_samples` (5), `tool_window` (256): the duration predictor.
+- `program_idle_gc_s` (600): programs with nothing live are forgotten after this long.
+- `reserve_turns` (8): admission control; a program with nothing resident is admitted only if
+  older resident programs keep room for this many turns of their context growth (0: off).
+- `kv_block_limit` (None): cap the usable KV blocks at runtime by holding the rest back
+  (tests and benchmarks emulate a smaller cache without a second engine); must stay above
+  `max_model_len / block_size`.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ __all__ = ["SchedulerKnobs", "parse_knobs"]
 
 
 class SchedulerKnobs(BaseModel):
-    """The scheduler's public knobs (see `serving._scheduler`'s docstring)."""
+    """The scheduler's public knobs (this module's docstring says what each does)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -20,7 +20,7 @@ from serving._decisions import Rank
 from serving._estimators import DurationDistribution
 from serving._metrics import ServingMetrics
 
-__all__ = ["BlockPort", "PinKeeper", "Release"]
+__all__ = ["BlockPort", "HeldBackBlocks", "PinKeeper", "Release"]
 
 
 class Release(enum.StrEnum):
@@ -44,6 +44,10 @@ class BlockPort(Protocol):
     def take_for_pin(self, request: Any) -> list[Any]: ...
 
     def release(self, blocks: list[Any]) -> None: ...
+
+    def allocate(self, count: int) -> list[Any]: ...
+
+    def free(self, blocks: list[Any]) -> None: ...
 
     @staticmethod
     def block_id(block: Any) -> int: ...
@@ -166,6 +170,46 @@ class PinKeeper:
             if self.release([pin], Release.RECLAIMED, now_s):
                 self._metrics.reclaimed_for[cause] += 1
 
+    def reclaim_for_demand(
+        self,
+        growth: list[tuple[Rank, int]],
+        *,
+        head_rank: Rank | None,
+        head_demand: int,
+        head_pins: set[int],
+        pending: set[int],
+        now_s: float,
+    ) -> None:
+        """Release pins, cheapest first, until this step's demand for blocks fits.
+
+        `growth`: (rank, blocks) of each running request that needs blocks, oldest program first;
+        then the head waiting request's demand (net of the pins it reuses, `head_pins`, which are
+        never reclaimed for it). Each demand may take only pins of programs ranked after its own.
+        """
+        if self._port.num_free() >= sum(blocks for _, blocks in growth) + head_demand:
+            return
+        demand = 0
+        for rank, blocks in growth:
+            demand += blocks
+            later = self.book.cheapest_first(now_s, pending, head_pins, ranked_after=rank)
+            self.reclaim(want_free=demand, candidates=later, cause="growth", now_s=now_s)
+        if head_demand and head_rank is not None:
+            later = self.book.cheapest_first(now_s, pending, head_pins, ranked_after=head_rank)
+            self.reclaim(want_free=demand + head_demand, candidates=later, cause="admission", now_s=now_s)
+
+    def unstall(self, *, head_rank: Rank, keep: set[int], pending: set[int], now_s: float) -> None:
+        """Nothing runs and the head does not fit beside the pins: free what stands in its way.
+
+        Pins of later programs go, and so do pins whose waiting turn sits behind the head (a
+        pending hand-off that cannot happen before the head runs). Pins of earlier programs that
+        nobody waits for stay: their TTL bounds the wait. `keep`: the pins the head itself reuses.
+        """
+        stalling = [
+            pin for pin in self.book if pin.pin_id not in keep and (pin.rank > head_rank or pin.pin_id in pending)
+        ]
+        self.release(stalling, Release.RECLAIMED, now_s)
+        self._metrics.reclaimed_for["stall"] += len(stalling)
+
     def enforce_cap(self, cap_blocks: float, now_s: float) -> None:
         """Release the cheapest pins until the pinned blocks fit under `cap_blocks` (the cap shrank)."""
         if self.book.num_blocks <= cap_blocks:
@@ -207,3 +251,37 @@ class PinKeeper:
         for block_id, count in holders.items():
             assert refs[block_id] >= count, f"block {block_id}: {count} pins hold it, {refs[block_id]} references"
         assert total <= cap_blocks + 1e-9, f"{total} pinned blocks exceed the cap of {cap_blocks:g}"
+
+
+class HeldBackBlocks:
+    """Blocks taken out of the pool so that only `kv_block_limit` remain usable.
+
+    Tests and benchmarks emulate a smaller KV cache on one engine this way. Only free blocks are
+    taken: while requests or pins hold more than the limit allows, the pool shrinks as they let go.
+    """
+
+    def __init__(self, port: BlockPort) -> None:
+        self._port = port
+        self._blocks: list[Any] = []
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._blocks)
+
+    def hold(self, limit: int | None) -> None:
+        """Hold back all but `limit` usable blocks (None: none)."""
+        target = 0 if limit is None else max(0, self._port.num_blocks - limit)
+        if len(self._blocks) > target:
+            self._give_back(len(self._blocks) - target)
+        missing = min(target - len(self._blocks), self._port.num_free())
+        if missing > 0:
+            self._blocks.extend(self._port.allocate(missing))
+
+    def release_all(self) -> None:
+        self._give_back(len(self._blocks))
+
+    def _give_back(self, count: int) -> None:
+        if count <= 0:
+            return
+        released, self._blocks = self._blocks[-count:], self._blocks[:-count]
+        self._port.free(released)

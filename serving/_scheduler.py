@@ -35,22 +35,7 @@ What it does with program requests:
 Its control plane is `serving._control.SchedulerControl` (call it on the engine thread:
 `EmbeddedEngine.call_in_engine`; on a server, the `/agentflow/...` routes of `agentflow serve`).
 
-Knobs (`serving._knobs.SchedulerKnobs`: `configure`, `EngineConfig(scheduler_knobs={...})`,
-`agentflow serve --scheduler-knobs`, or `--additional-config '{"agentflow_scheduler_knobs": {...}}'`):
-- `enabled` (True): False schedules every request as stock vLLM (the "vllm" baseline on the
-  same engine); pins are released.
-- `program_fcfs` (True), `pinning` (True), `urgency` (True): the three mechanisms, separately.
-  `pinning=False` with the rest on is vLLM's priority policy keyed by program arrival.
-- `fixed_ttl_s` (None): pin for this long instead of the cost model (Continuum pins 2 s).
-- `tau_max_s` (30), `handoff_slack_s` (0.05), `memory_price_weight` (0.05): the TTL cost model.
-- `max_pinned_fraction` (0.9): pinned blocks never exceed this share of the usable pool.
-- `min_tool_samples` (5), `tool_window` (256): the duration predictor.
-- `program_idle_gc_s` (600): programs with nothing live are forgotten after this long.
-- `reserve_turns` (8): admission control; a program with nothing resident is admitted only if
-  older resident programs keep room for this many turns of their context growth (0: off).
-- `kv_block_limit` (None): cap the usable KV blocks at runtime by holding the rest back
-  (tests and benchmarks emulate a smaller cache without a second engine); must stay above
-  `max_model_len / block_size`.
+Knobs: `serving._knobs` (what each does, and every way to set them).
 """
 
 from __future__ import annotations
@@ -72,7 +57,7 @@ from serving._decisions import Key, Rank, choose_ttl, latest_start_s, plain_key,
 from serving._estimators import StepTimeModel, ToolDurationPredictor
 from serving._knobs import SchedulerKnobs, parse_knobs
 from serving._metrics import ServingMetrics
-from serving._pinning import PinKeeper, Release
+from serving._pinning import HeldBackBlocks, PinKeeper, Release
 
 __all__ = ["Clock", "ProgramAwareAsyncScheduler", "ProgramAwareScheduler"]
 
@@ -191,11 +176,11 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._predictor = ToolDurationPredictor(window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples)
         self._step_model = StepTimeModel()
         self._steps: deque[tuple[float, int, int]] = deque(maxlen=16)  # (scheduled at, prefill tokens, decodes)
-        self._ballast: list[Any] = []  # blocks held back by kv_block_limit
+        self._held_back = HeldBackBlocks(self._port)  # kv_block_limit
         self._requeue_s = 0.0  # EWMA of program requests' queueing delay
         self._next_gc_s = 0.0
         self._rejections_logged = 0
-        self._adjust_ballast(self.clock.monotonic())
+        self._apply_block_limit(self.clock.monotonic())
 
     # -- control plane (serving._control.SchedulerControl) -----------------------------------------
 
@@ -229,7 +214,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 "num_blocks": port.num_blocks,
                 "num_free_blocks": port.num_free(),
                 "block_size": self.block_size,
-                "held_back_blocks": len(self._ballast),
+                "held_back_blocks": self._held_back.num_blocks,
                 "usage": round(port.usage(), 4),
             },
             "knobs": self.knobs.model_dump(),
@@ -243,7 +228,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         now = self.clock.monotonic()
         if not (knobs.enabled and knobs.pinning):
             self._pins.release_all(Release.OTHER, now)
-        self._adjust_ballast(now)
+        self._apply_block_limit(now)
         return knobs.model_dump()
 
     def next_wakeup_s(self) -> float | None:
@@ -272,7 +257,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._pins.check_invariants(cap_blocks=self._pin_cap_blocks())
         assert set(self._tracked) <= set(self.requests), "a tracked request vLLM no longer holds"
         if not self.requests and not self._pins:
-            free, usable = self._port.num_free(), self._port.num_blocks - len(self._ballast)
+            free, usable = self._port.num_free(), self._port.num_blocks - self._held_back.num_blocks
             assert free == usable, f"{usable - free} blocks leaked: {free} free of {usable} with nothing live"
 
     # -- vLLM overrides ---------------------------------------------------------------------------
@@ -301,8 +286,8 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         now = self.clock.monotonic()
-        if self.knobs.kv_block_limit is not None or self._ballast:
-            self._adjust_ballast(now)
+        if self.knobs.kv_block_limit is not None or self._held_back.num_blocks:
+            self._apply_block_limit(now)
         held: list[Any] = []
         if self._tracked or self._pins:
             pending = self._pending_handoffs() if self._pins else set()
@@ -342,11 +327,11 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         # Pinned and held-back blocks are referenced: vLLM's reset would refuse. Release, reset, retake.
         now = self.clock.monotonic()
         self._pins.release_all(Release.OTHER, now)
-        self._free_ballast(len(self._ballast))
+        self._held_back.release_all()
         try:
             return bool(super().reset_prefix_cache(*args, **kwargs))
         finally:
-            self._adjust_ballast(now)
+            self._apply_block_limit(now)
 
     # -- ordering ---------------------------------------------------------------------------------
 
@@ -490,7 +475,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         if num_blocks == 0 or self._pins.num_blocks + num_blocks > self._pin_cap_blocks():
             return False
         dist = self._predictor.distribution(metadata.next_tool, metadata.next_tool_duration_s)
-        usable = self._port.num_blocks - len(self._ballast)
+        usable = self._port.num_blocks - self._held_back.num_blocks
         choice = choose_ttl(
             dist,
             reprefill_s=self._step_model.prefill_s(num_blocks * self.block_size),
@@ -517,7 +502,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         return True
 
     def _pin_cap_blocks(self) -> float:
-        return self.knobs.max_pinned_fraction * (self._port.num_blocks - len(self._ballast))
+        return self.knobs.max_pinned_fraction * (self._port.num_blocks - self._held_back.num_blocks)
 
     def _reclaim(self, now: float, pending: set[int]) -> None:
         """Release pins, cheapest first, until this step's demand for blocks fits.
@@ -530,18 +515,10 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         if not self._pins:
             return
         growth, head_demand, head_pins = self._demand_blocks()
-        if self._port.num_free() >= sum(blocks for _, blocks in growth) + head_demand:
-            return
-        book = self._pins.book
-        demand = 0
-        for rank, blocks in growth:  # oldest program first
-            demand += blocks
-            later = book.cheapest_first(now, pending, head_pins, ranked_after=rank)
-            self._pins.reclaim(want_free=demand, candidates=later, cause="growth", now_s=now)
-        if head_demand and self.waiting:
-            head_rank = self._rank(self.waiting.peek_request())
-            later = book.cheapest_first(now, pending, head_pins, ranked_after=head_rank)
-            self._pins.reclaim(want_free=demand + head_demand, candidates=later, cause="admission", now_s=now)
+        head_rank = self._rank(self.waiting.peek_request()) if self.waiting else None
+        self._pins.reclaim_for_demand(
+            growth, head_rank=head_rank, head_demand=head_demand, head_pins=head_pins, pending=pending, now_s=now
+        )
 
     def _demand_blocks(self) -> tuple[list[tuple[Rank, int]], int, set[int]]:
         """Blocks this step may allocate: running requests' growth and the head waiting request's.
@@ -571,22 +548,11 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         return growth, head_demand, head_pins
 
     def _unstall(self, now: float) -> None:
-        """Nothing runs and the head still does not fit beside the pins.
-
-        Pins of later programs go, and so do pins whose waiting turn sits behind the head (a
-        pending hand-off that cannot happen before the head runs). Pins of earlier programs
-        that nobody waits for stay: their TTL bounds the wait.
-        """
+        """Nothing runs and the head still does not fit beside the pins (`PinKeeper.unstall`)."""
         head = self.waiting.peek_request()
         tracked = self._tracked.get(head.request_id)
         keep = set(tracked.matches) if tracked is not None else set()
-        rank = self._rank(head)
-        pending = self._pending_handoffs()
-        stalling = [
-            pin for pin in self._pins.book if pin.pin_id not in keep and (pin.rank > rank or pin.pin_id in pending)
-        ]
-        self._pins.release(stalling, Release.RECLAIMED, now)
-        self._metrics.reclaimed_for["stall"] += len(stalling)
+        self._pins.unstall(head_rank=self._rank(head), keep=keep, pending=self._pending_handoffs(), now_s=now)
 
     def _maybe_end_program(self, program: ProgramState, now: float) -> None:
         if self._has_live_request(program):
@@ -677,21 +643,10 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     # -- held-back blocks (kv_block_limit) --------------------------------------------------------
 
-    def _adjust_ballast(self, now: float) -> None:
-        limit = self.knobs.kv_block_limit  # applies with enabled=False too: baselines see the same pool
-        target = 0 if limit is None else max(0, self._port.num_blocks - limit)
-        if len(self._ballast) > target:
-            self._free_ballast(len(self._ballast) - target)
-        missing = min(target - len(self._ballast), self._port.num_free())
-        if missing > 0:
-            self._ballast.extend(self._port.allocate(missing))
+    def _apply_block_limit(self, now: float) -> None:
+        # The limit applies with enabled=False too: baselines see the same pool.
+        self._held_back.hold(self.knobs.kv_block_limit)
         self._pins.enforce_cap(self._pin_cap_blocks(), now)  # a smaller pool has a smaller cap
-
-    def _free_ballast(self, count: int) -> None:
-        if count <= 0:
-            return
-        released, self._ballast = self._ballast[-count:], self._ballast[:-count]
-        self._port.free(released)
 
 
 class ProgramAwareAsyncScheduler(ProgramAwareScheduler, _AsyncScheduler):  # type: ignore[misc,valid-type]

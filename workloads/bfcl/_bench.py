@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving import EmbeddedEngine
 from workloads.bfcl._run import BfclOptions, run_bfcl_async
 
 __all__ = ["run_throughput_bench"]
@@ -61,10 +62,10 @@ async def _bench(category: str, num_records: int, concurrency: int, max_tokens: 
     }
 
 
-def _engine() -> Any:
-    from workloads.bfcl._run import _shared_backend
+def _engine() -> EmbeddedEngine:
+    from workloads.bfcl._run import embedded_backend
 
-    return _shared_backend("embedded", {}).engine  # type: ignore[attr-defined]  # the runner's engine
+    return embedded_backend().engine  # the runner's engine
 
 
 async def _start_engine() -> float:

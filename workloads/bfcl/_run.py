@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from agentflow.backends import LLMBackend, resolve_backend
 from agentflow.exceptions import BackendConfigError, EngineError, UserError
+from serving import EmbeddedBackend
 from workloads._batch import (
     BatchItem,
     BatchStats,
@@ -217,25 +218,29 @@ class _Models:
 
     def check_alive(self, reason: str) -> None:
         """Raise `EngineError` when the embedded engine died (not this record's fault)."""
-        engine = getattr(self._backend, "engine", None)
-        if engine is not None and engine.dead:
+        if self._engine_dead():
             raise EngineError(f"the embedded engine died: {reason}")
 
     def is_fatal(self, exc: BaseException) -> bool:
         """Errors that end the run (resume continues it) rather than fail one record."""
         if isinstance(exc, EngineError) and not isinstance(exc, BackendConfigError):
             return True  # engine missing, model not prepared, engine dead
-        engine = getattr(self._backend, "engine", None)
-        return bool(engine is not None and engine.dead)
+        return self._engine_dead()
+
+    def _engine_dead(self) -> bool:
+        return isinstance(self._backend, EmbeddedBackend) and self._backend.engine.dead
 
 
 def _shared_backend(model: str, engine_options: Mapping[str, Any]) -> LLMBackend:
     scheme, _, rest = model.partition(":")
     if scheme != "embedded":
         return resolve_backend(model)
-    from serving import EmbeddedBackend
+    return embedded_backend(rest or None, engine_options)
 
-    return EmbeddedBackend(model_dir=rest or None, **{**_DEFAULT_ENGINE_OPTIONS, **engine_options})
+
+def embedded_backend(model_dir: str | None = None, engine_options: Mapping[str, Any] | None = None) -> EmbeddedBackend:
+    """The embedded backend the runner uses: its engine options, shared with every runner in the process."""
+    return EmbeddedBackend(model_dir=model_dir, **{**_DEFAULT_ENGINE_OPTIONS, **(engine_options or {})})
 
 
 # -- output directory and pinned settings ---------------------------------------------------------------------
