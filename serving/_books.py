@@ -195,9 +195,16 @@ class ProgramTable:
         return self._programs.get(program_id)
 
     def touch(self, metadata: ProgramMetadata, *, now_s: float, arrival_s: float) -> ProgramState:
+        """The program's state, made on its first request.
+
+        Its arrival is the time the engine first saw it (`arrival_s`, unix): a client-sent
+        `program_arrival_s` can move that later, never earlier, so no client jumps the queue by
+        claiming an old arrival.
+        """
         state = self._programs.get(metadata.program_id)
         if state is None:
-            first = metadata.program_arrival_s if metadata.program_arrival_s is not None else arrival_s
+            claimed = metadata.program_arrival_s
+            first = arrival_s if claimed is None else max(claimed, arrival_s)
             state = self._programs[metadata.program_id] = ProgramState(
                 program_id=metadata.program_id, arrival_s=first, last_active_s=now_s
             )

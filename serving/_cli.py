@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     from serving._server import ServeOptions, serve
     from serving.models import prepare_default_model
 
-    knobs = _knobs(args.scheduler_knobs)
+    knobs = _knobs(args.scheduler_knobs, max_model_len=args.max_model_len, block_size=args.block_size)
     extra = [a for a in args.vllm_args if a != "--"]
     model_dir = args.model_dir.expanduser().absolute() if args.model_dir else prepare_default_model()
     if not (model_dir / "config.json").is_file():
@@ -78,10 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _knobs(text: str | None) -> dict[str, Any] | None:
+def _knobs(text: str | None, *, max_model_len: int, block_size: int) -> dict[str, Any] | None:
     if text is None:
         return None
-    from serving._knobs import parse_knobs
+    from serving._knobs import EngineLimits, parse_knobs
 
     try:
         knobs = json.loads(text)
@@ -89,5 +89,6 @@ def _knobs(text: str | None) -> dict[str, Any] | None:
         raise UserError(f"--scheduler-knobs is not JSON: {exc}") from None
     if not isinstance(knobs, dict):
         raise UserError("--scheduler-knobs must be a JSON object")
-    parse_knobs(None, knobs)  # fail here, not in the engine process
+    # Fail here, not in the engine process.
+    parse_knobs(None, knobs, limits=EngineLimits(max_model_len=max_model_len, block_size=block_size))
     return knobs

@@ -26,10 +26,12 @@ __all__ = [
     "cold_fits",
     "growth_reserve_blocks",
     "latest_start_s",
+    "MAX_DEADLINE_AHEAD_S",
     "memory_price_per_s",
     "plain_key",
     "queue_key",
     "rank_of",
+    "trusted_deadline_s",
 ]
 
 # A waiting request's sort key, smaller first: (tier, user priority, rank_s, program_arrival_s,
@@ -95,6 +97,20 @@ def _tau_grid(dist: DurationDistribution, tau_max_s: float) -> Iterator[float]:
     ratio = (tau_max_s / lo) ** (1 / steps) if tau_max_s > lo else 1.0
     for i in range(steps + 1):
         yield lo * ratio**i
+
+
+MAX_DEADLINE_AHEAD_S = 30 * 24 * 3600.0  # deadlines further out are clamped to this far
+
+
+def trusted_deadline_s(deadline_at_s: float, *, now_s: float) -> float:
+    """A client's deadline, clamped to [now, now + 30 days].
+
+    A deadline in the past would rank a request ahead of every honest one by as much as it
+    claims; clamped to now, it ranks as the most urgent request that is still on time could:
+    its latest start is now less its own expected run time. Far-future deadlines only lower a
+    request's urgency; they are clamped so the arithmetic stays finite.
+    """
+    return min(max(deadline_at_s, now_s), now_s + MAX_DEADLINE_AHEAD_S)
 
 
 def latest_start_s(*, now_s: float, deadline_s: float, expected_s: float, critical_path_s: float | None) -> float:

@@ -3,7 +3,8 @@
 Every layer names them the same way: `EngineConfig(scheduler_knobs={...})`, `agentflow serve
 --scheduler-knobs '{...}'`, `EmbeddedEngine.configure_scheduler(**knobs)`, the server's
 `POST /agentflow/configure`, and vLLM's `--additional-config '{"agentflow_scheduler_knobs": {...}}'`.
-A change that fails validation changes nothing.
+A change that fails validation changes nothing. Numbers must be finite and within the bounds on
+`SchedulerKnobs`; `kv_block_limit` must leave room for one request of `max_model_len` tokens.
 
 - `enabled` (True): False schedules every request as stock vLLM (the "vllm" baseline on the
   same engine); pins are released.
@@ -23,7 +24,9 @@ A change that fails validation changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,37 +34,72 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentflow.exceptions import UserError
 from agentflow.metadata import describe_validation
 
-__all__ = ["SchedulerKnobs", "parse_knobs"]
+__all__ = ["EngineLimits", "SchedulerKnobs", "parse_knobs"]
+
+_HOUR_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """What the engine a knob change is checked against can hold."""
+
+    max_model_len: int  # tokens
+    block_size: int  # tokens per KV block
+
+    @property
+    def min_kv_blocks(self) -> int:
+        """The smallest `kv_block_limit` that still holds one full-length request (and its next token)."""
+        return math.ceil((self.max_model_len + 1) / self.block_size)
 
 
 class SchedulerKnobs(BaseModel):
-    """The scheduler's public knobs (this module's docstring says what each does)."""
+    """The scheduler's public knobs (this module's docstring says what each does).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: booleans are JSON booleans, integers are integers, every number finite and within the
+    bounds below (generous for any real deployment, small enough that no arithmetic on them overflows).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     enabled: bool = True  # False: every request is scheduled exactly as stock vLLM, metadata or not
     program_fcfs: bool = True  # order waiting requests by their program's first arrival
     pinning: bool = True  # keep a finished call's KV while its tool runs
     urgency: bool = True  # deadline programs by latest start time
-    fixed_ttl_s: float | None = Field(default=None, ge=0)  # a fixed TTL instead of the cost model
-    tau_max_s: float = Field(default=30.0, gt=0)  # longest TTL the cost model may choose
-    handoff_slack_s: float = Field(default=0.05, ge=0)  # added to tau: tool end -> next request
-    memory_price_weight: float = Field(default=0.05, ge=0)  # lambda(u) = w * u / (1 - u + 0.05), 1/s
-    max_pinned_fraction: float = Field(default=0.9, gt=0, le=1)  # of the usable KV blocks
-    min_tool_samples: int = Field(default=5, ge=1)
-    tool_window: int = Field(default=256, ge=1)  # recent durations kept per tool
-    program_idle_gc_s: float = Field(default=600.0, gt=0)  # forget programs idle this long
-    kv_block_limit: int | None = Field(default=None, ge=1)  # usable KV blocks (emulates a smaller cache)
+    fixed_ttl_s: float | None = Field(default=None, ge=0, le=_HOUR_S, allow_inf_nan=False)  # instead of the cost model
+    tau_max_s: float = Field(default=30.0, gt=0, le=_HOUR_S, allow_inf_nan=False)  # longest TTL the model may choose
+    handoff_slack_s: float = Field(default=0.05, ge=0, le=60, allow_inf_nan=False)  # added to tau: tool end -> request
+    # lambda(u) = w * u / (1 - u + 0.05), 1/s
+    memory_price_weight: float = Field(default=0.05, ge=0, le=1000, allow_inf_nan=False)
+    max_pinned_fraction: float = Field(default=0.9, gt=0, le=1, allow_inf_nan=False)  # of the usable KV blocks
+    min_tool_samples: int = Field(default=5, ge=1, le=10_000)
+    tool_window: int = Field(default=256, ge=1, le=100_000)  # recent durations kept per tool
+    program_idle_gc_s: float = Field(default=600.0, gt=0, le=7 * 24 * _HOUR_S, allow_inf_nan=False)
+    kv_block_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # usable KV blocks (a smaller cache)
     # Admission control: a program with nothing resident (no pin, nothing running) is admitted only
     # if, beside it, older resident programs keep room for this many turns of their context growth.
     # 0: admit whatever fits now (vLLM's rule), so younger programs' pins get reclaimed as older ones grow.
-    reserve_turns: float = Field(default=8.0, ge=0)
+    reserve_turns: float = Field(default=8.0, ge=0, le=1000, allow_inf_nan=False)
 
 
-def parse_knobs(base: SchedulerKnobs | None, updates: Mapping[str, Any]) -> SchedulerKnobs:
-    """`base` with `updates` applied. Raises UserError naming the bad knob."""
+def parse_knobs(
+    base: SchedulerKnobs | None, updates: Mapping[str, Any], *, limits: EngineLimits | None = None
+) -> SchedulerKnobs:
+    """`base` with `updates` applied, checked against the engine's `limits` when given.
+
+    Raises:
+        UserError: naming every bad knob; nothing changes (the knobs are a new frozen object).
+    """
+    if not isinstance(updates, Mapping):
+        raise UserError(f"scheduler knobs must be a JSON object, got {type(updates).__name__}")
     merged = {**(base.model_dump() if base is not None else {}), **dict(updates)}
     try:
-        return SchedulerKnobs.model_validate(merged)
+        knobs = SchedulerKnobs.model_validate(merged)
     except ValidationError as exc:
         raise UserError("bad scheduler knobs: " + describe_validation(exc)) from None
+    if limits is not None and knobs.kv_block_limit is not None and knobs.kv_block_limit < limits.min_kv_blocks:
+        raise UserError(
+            f"bad scheduler knobs: kv_block_limit: {knobs.kv_block_limit} blocks cannot hold one request of "
+            f"max_model_len {limits.max_model_len}: at least {limits.min_kv_blocks} blocks "
+            f"of {limits.block_size} tokens"
+        )
+    return knobs

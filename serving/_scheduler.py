@@ -53,9 +53,18 @@ from agentflow.metadata import ProgramMetadata
 from serving import _vllm
 from serving._admission import QueuedRequest, ResidentProgram, requests_to_hold
 from serving._books import ProgramState, ProgramTable
-from serving._decisions import Key, Rank, choose_ttl, latest_start_s, plain_key, queue_key, rank_of
+from serving._decisions import (
+    Key,
+    Rank,
+    choose_ttl,
+    latest_start_s,
+    plain_key,
+    queue_key,
+    rank_of,
+    trusted_deadline_s,
+)
 from serving._estimators import StepTimeModel, ToolDurationPredictor
-from serving._knobs import SchedulerKnobs, parse_knobs
+from serving._knobs import EngineLimits, SchedulerKnobs, parse_knobs
 from serving._metrics import ServingMetrics
 from serving._pinning import HeldBackBlocks, PinKeeper, Release
 
@@ -160,7 +169,8 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         super().__init__(*args, **kwargs)
         _vllm.install_engine_core_hook()
         self.clock = Clock()
-        self.knobs: SchedulerKnobs = parse_knobs(None, _vllm.scheduler_knobs(self.vllm_config))
+        self._limits = EngineLimits(max_model_len=self.max_model_len, block_size=self.block_size)
+        self.knobs: SchedulerKnobs = parse_knobs(None, _vllm.scheduler_knobs(self.vllm_config), limits=self._limits)
         # vLLM's preemption reads `self.policy`: the configured one while no program request is
         # live (stock behaviour), FCFS over our ordering of `running` while some are.
         self._configured_policy = self.policy
@@ -222,7 +232,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     def configure(self, **updates: Any) -> dict[str, Any]:
         """Change knobs (`serving._knobs.SchedulerKnobs`); returns all of them. Raises UserError."""
-        knobs = parse_knobs(self.knobs, updates)
+        knobs = parse_knobs(self.knobs, updates, limits=self._limits)
         self.knobs = knobs
         self._predictor.window, self._predictor.min_samples = knobs.tool_window, knobs.min_tool_samples
         now = self.clock.monotonic()
@@ -380,9 +390,10 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     ) -> Key:
         latest = None
         if metadata.deadline_at_s is not None and self.knobs.urgency:
+            now = self.clock.unix()
             latest = latest_start_s(
-                now_s=self.clock.unix(),
-                deadline_s=metadata.deadline_at_s,
+                now_s=now,
+                deadline_s=trusted_deadline_s(metadata.deadline_at_s, now_s=now),
                 expected_s=self._expected_s(request, matches),
                 critical_path_s=metadata.critical_path_s,
             )

@@ -30,7 +30,7 @@ from agentflow.metadata import ProgramMetadata
 from serving import _vllm
 from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
 from serving._driver import Abort, Driver, Pause, RunOnEngine, Sink, Submit, copy_error
-from serving._knobs import parse_knobs
+from serving._knobs import EngineLimits, parse_knobs
 from serving._types import GenerationChunk, GenerationResult, QueueSnapshot
 from serving.models import default_model_dir, prepare_default_model
 
@@ -75,8 +75,6 @@ class EngineConfig:
         knobs = self.scheduler_knobs
         items = tuple(sorted(knobs.items() if isinstance(knobs, Mapping) else knobs))
         object.__setattr__(self, "scheduler_knobs", items)
-        if items:
-            parse_knobs(None, dict(items))  # fail here, not inside the engine
         if self.block_size <= 0 or self.block_size % 32:
             raise UserError(f"block_size must be a positive multiple of 32 on CPU, got {self.block_size}")
         if self.kv_cache_bytes <= 0:
@@ -85,6 +83,9 @@ class EngineConfig:
             raise UserError(f"max_model_len ({self.max_model_len}) is below block_size ({self.block_size})")
         if self.max_num_seqs < 1:
             raise UserError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if items:
+            limits = EngineLimits(max_model_len=self.max_model_len, block_size=self.block_size)
+            parse_knobs(None, dict(items), limits=limits)  # fail here, not inside the engine
 
 
 class EmbeddedEngine:

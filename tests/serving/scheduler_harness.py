@@ -102,7 +102,7 @@ def build_scheduler(
     block_size: int = BLOCK,
     max_num_seqs: int = 16,
     max_num_batched_tokens: int = 4096,
-    max_model_len: int = 4096,
+    max_model_len: int = 600,  # tokens: a 40-block limit still holds one whole request (the knob floor)
     policy: str = "fcfs",
     enable_prefix_caching: bool = True,
     async_scheduling: bool = False,

@@ -86,7 +86,9 @@ def test_program_table_forgets_idle_and_ended_programs() -> None:
     table = ProgramTable()
     a = table.touch(_fields(program_id="a", program_arrival_s=5.0), now_s=0.0, arrival_s=9.0)
     table.touch(_fields(program_id="b"), now_s=0.0, arrival_s=9.0)
-    assert a.arrival_s == 5.0 and table.get("b").arrival_s == 9.0  # type: ignore[union-attr]
+    late = ProgramTable().touch(_fields(program_id="late", program_arrival_s=12.0), now_s=0.0, arrival_s=9.0)
+    # A claimed arrival can move a program later, never earlier than the engine first saw it.
+    assert a.arrival_s == 9.0 and late.arrival_s == 12.0 and table.get("b").arrival_s == 9.0  # type: ignore[union-attr]
     a.ended = True
     assert table.stale(1.0, live=set(), pinned=set(), idle_s=600) == ["a"]
     assert table.stale(1.0, live={"a"}, pinned=set(), idle_s=600) == []

@@ -31,8 +31,11 @@ def harness(model_dir: Path, **options: Any) -> Harness:
 
 
 def md(program: str, turn: int, h: Harness, **fields: Any) -> dict[str, Any]:
-    """Program metadata; the program began 100 s before the clock's start unless told otherwise."""
-    fields.setdefault("program_arrival_s", h.clock.unix() - 100)
+    """Program metadata as the runtime sends it: the program's arrival is its first request's, by default.
+
+    (The scheduler ranks a program by when it first saw it: a claimed earlier arrival does not count.)
+    """
+    fields.setdefault("program_arrival_s", h.clock.unix())
     return program_metadata(program, turn, **fields)
 
 
@@ -148,13 +151,16 @@ def test_a_learned_tool_duration_sets_the_ttl(model_dir: Path) -> None:
 
 def test_pins_are_reclaimed_for_an_older_program_instead_of_stalling(model_dir: Path) -> None:
     h = harness(model_dir, num_blocks=41, knobs={"fixed_ttl_s": 600})
-    h.add("young-0", token_prompt(10 * BLOCK, "young"), extra_args=md("young", 0, h, program_arrival_s=h.clock.unix()))
+    h.add("old-0", token_prompt(2 * BLOCK, "old"), extra_args=md("old", 0, h, next_tool=None))  # seen first
     h.run()
-    # 35 blocks do not fit beside the 10-block pin (30 free). An older program outranks the pin's:
+    h.clock.advance(1.0)
+    h.add("young-0", token_prompt(10 * BLOCK, "young"), extra_args=md("young", 0, h))
+    h.run()
+    # 35 blocks do not fit beside the 10-block pin (30 free). The older program outranks the pin's:
     # the pin goes, long before its TTL, and the request runs.
-    old = md("old", 0, h, program_arrival_s=h.clock.unix() - 100, is_last_turn=True)
-    h.add("old-0", token_prompt(35 * BLOCK, "big"), extra_args=old)
-    h.finish("old-0")
+    h.clock.advance(1.0)
+    h.add("old-1", token_prompt(35 * BLOCK, "big"), extra_args=md("old", 1, h, is_last_turn=True))
+    h.finish("old-1")
     pins = h.metrics()["pins"]
     assert pins["reclaimed"] == 1 and pins["active"] == 0
     assert pins["reclaimed_for"]["admission"] == 1
@@ -164,12 +170,12 @@ def test_a_younger_request_waits_for_an_older_programs_pin_to_expire(model_dir: 
     h = harness(model_dir, num_blocks=41, knobs={"fixed_ttl_s": 1.5})
     h.add("elder-0", token_prompt(10 * BLOCK, "elder"), extra_args=md("elder", 0, h))
     h.run()
-    started_s = h.clock.now_s
+    h.clock.advance(0.1)
     h.add("younger", token_prompt(35 * BLOCK, "younger"))  # plain, arriving now: younger than the program
     h.finish("younger")  # the scheduler naps on the fake clock while it waits
     pins = h.metrics()["pins"]
     assert pins["expired"] == 1 and pins["reclaimed"] == 0
-    assert h.clock.now_s - started_s >= 1.5  # it waited for the TTL, and no longer than needed to finish
+    assert h.clock.now_s >= 1.5  # it waited for the pin's TTL (pinned at 0 s for 1.5 s), then ran
 
 
 def test_reset_prefix_cache_releases_pins_and_keeps_the_block_limit(model_dir: Path) -> None:
@@ -228,7 +234,8 @@ def test_a_cold_younger_program_waits_for_room_beside_an_older_resident_one(mode
     h.run()
     # 26 blocks fit beside the 10-block pin (30 free), so vLLM alone would admit it; not beside the
     # older program's growth reserve (8 turns x 2 blocks + 1) plus its own: admission control holds it.
-    cold = md("cold", 0, h, program_arrival_s=h.clock.unix(), is_last_turn=True)
+    h.clock.advance(1.0)
+    cold = md("cold", 0, h, is_last_turn=True)
     h.add("cold-0", token_prompt(25 * BLOCK, "cold"), extra_args=cold)
     for _ in range(5):
         h.step()
@@ -244,7 +251,8 @@ def test_with_reserve_turns_zero_vllms_rule_admits_what_fits(model_dir: Path) ->
     h = harness(model_dir, num_blocks=41, knobs={"fixed_ttl_s": 600, "reserve_turns": 0})
     h.add("older-0", token_prompt(10 * BLOCK, "resident"), extra_args=md("older", 0, h))
     h.run()
-    h.add("cold-0", token_prompt(25 * BLOCK, "cold"), extra_args=md("cold", 0, h, program_arrival_s=h.clock.unix()))
+    h.clock.advance(1.0)
+    h.add("cold-0", token_prompt(25 * BLOCK, "cold"), extra_args=md("cold", 0, h))
     h.step()
     assert "cold-0" in h.admitted
 
@@ -258,18 +266,40 @@ def _admission_order(h: Harness, programs: list[tuple[str, dict[str, Any]]]) -> 
     h.step()
     for name, extra in programs:
         h.add(name, token_prompt(19 * BLOCK, name), extra_args=extra)
+        h.clock.advance(0.001)  # submitted one after another
     h.run()
-    return [r for r in h.admitted if r != "blocker"]
+    names = {name for name, _ in programs}
+    return [r for r in h.admitted if r in names]
 
 
 def test_program_fcfs_admits_by_program_arrival(model_dir: Path) -> None:
     h = harness(model_dir, num_blocks=41)
-    t0 = h.clock.unix() - 100
-    programs = [  # submitted A, B, C; programs began B, C, A
-        (name, md(name, 3, h, program_arrival_s=t0 + offset, is_last_turn=True))
-        for name, offset in (("A", 30.0), ("B", 10.0), ("C", 20.0))
-    ]
+    for name in ("B", "C", "A"):  # the programs begin B, C, A: their first turns
+        h.add(f"{name}-0", token_prompt(BLOCK, f"{name}-0"), max_tokens=1, extra_args=md(name, 0, h, next_tool=None))
+        h.run()
+        h.clock.advance(1.0)
+    programs = [(name, md(name, 1, h, is_last_turn=True)) for name in ("A", "B", "C")]  # next turns: A, B, C
     assert _admission_order(h, programs) == ["B", "C", "A"]
+
+
+def test_a_claimed_early_arrival_does_not_jump_the_queue(model_dir: Path) -> None:
+    h = harness(model_dir, num_blocks=41)
+    honest = md("honest", 0, h, is_last_turn=True)
+    h.clock.advance(1.0)
+    liar = md("liar", 0, h, program_arrival_s=0.0, is_last_turn=True)  # "began in 1970"
+    assert _admission_order(h, [("honest", honest), ("liar", liar)]) == ["honest", "liar"]
+
+
+def test_a_deadline_in_the_past_ranks_no_higher_than_the_most_urgent_honest_one(model_dir: Path) -> None:
+    h = harness(model_dir, num_blocks=41)
+    h.add("old-0", token_prompt(BLOCK, "old-0"), max_tokens=1, extra_args=md("old", 0, h, next_tool=None))
+    h.run()
+    h.clock.advance(600.0)  # the old program began 10 minutes ago: longer than any request here takes
+    old = md("old", 1, h, is_last_turn=True)
+    past = md("past", 0, h, is_last_turn=True, deadline_at_s=1.0)  # "due in 1970"
+    # Clamped to now, the deadline makes "past" as urgent as an honest request can be (latest start:
+    # now less its run time), which is not ahead of a program that has waited longer than that.
+    assert _admission_order(h, [("old", old), ("past", past)]) == ["old", "past"]
 
 
 def test_urgency_admits_the_least_slack_first(model_dir: Path) -> None:
@@ -302,26 +332,18 @@ def test_with_urgency_off_deadlines_do_not_reorder(model_dir: Path) -> None:
 
 def test_preemption_takes_the_youngest_program(model_dir: Path) -> None:
     h = harness(model_dir, num_blocks=33, max_num_batched_tokens=512)
-    t0 = h.clock.unix() - 100
-    # The young program arrives first and runs; the old one joins it. Both fit at first (30 of 32
-    # blocks), then outgrow the pool: one is preempted. Stock FCFS would preempt the one admitted
-    # last (the old program); program FCFS preempts the young one.
-    h.add(
-        "young",
-        token_prompt(15 * BLOCK, "young"),
-        max_tokens=48,
-        extra_args=md("young", 0, h, program_arrival_s=t0 + 50, is_last_turn=True),
-    )
+    h.add("old-0", token_prompt(BLOCK, "old-0"), max_tokens=1, extra_args=md("old", 0, h, next_tool=None))
+    h.run()  # the old program begins
+    h.clock.advance(1.0)
+    # The young program's first turn reaches the engine and runs; the old program's next turn joins
+    # it. Both fit at first (30 of 32 blocks), then outgrow the pool: one is preempted. Stock FCFS
+    # would preempt the one admitted last (the old program's); program FCFS preempts the young one.
+    h.add("young", token_prompt(15 * BLOCK, "young"), max_tokens=48, extra_args=md("young", 0, h, is_last_turn=True))
     h.step()
-    h.add(
-        "old",
-        token_prompt(15 * BLOCK, "old"),
-        max_tokens=48,
-        extra_args=md("old", 0, h, program_arrival_s=t0, is_last_turn=True),
-    )
+    h.add("old", token_prompt(15 * BLOCK, "old"), max_tokens=48, extra_args=md("old", 1, h, is_last_turn=True))
     h.run()
     assert h.preempted and set(h.preempted) == {"young"}
-    assert h.finished == ["old", "young"]
+    assert h.finished[-2:] == ["old", "young"]
 
 
 # -- bad input, faults, knobs ---------------------------------------------------------------------------

@@ -59,15 +59,16 @@ async def turn(engine: EmbeddedEngine, prompt: list[int], *, max_tokens: int = 8
 
 async def test_pinned_turn_two_hits_under_pressure_where_stock_gets_nothing(serving: EmbeddedEngine) -> None:
     engine = serving
-    await engine.configure_scheduler(kv_block_limit=40, fixed_ttl_s=600)  # outlives the fillers on a slow box
+    # 70 blocks: the least a limit may be with max_model_len 2048 is 65. The TTL outlives the fillers on a slow box.
+    await engine.configure_scheduler(kv_block_limit=70, fixed_ttl_s=600)
     now = time.time()
     pinned_prompt = token_prompt(10 * BLOCK, key("pinned"))
     plain_prompt = token_prompt(10 * BLOCK, key("plain"))
     pinned_1 = await turn(engine, pinned_prompt, extra_args=metadata(f"{RUN}-pinned", 0, arrival_s=now))
     plain_1 = await turn(engine, plain_prompt)  # the same program without metadata: stock vLLM
     assert (await metrics(engine))["pins"]["blocks_pinned"] == 10
-    for i in range(3):  # other work that needs most of the 40 blocks: the LRU evicts everything unpinned
-        await turn(engine, token_prompt(22 * BLOCK, key(f"filler{i}")), max_tokens=4)
+    for i in range(3):  # other work that needs most of the 60 free blocks: the LRU evicts everything unpinned
+        await turn(engine, token_prompt(30 * BLOCK, key(f"filler{i}")), max_tokens=4)
     tool_output = token_prompt(40, key("tool"))
     pinned_2 = await turn(
         engine,
@@ -178,7 +179,7 @@ async def test_no_blocks_leak_after_programs_end_or_are_cancelled(
     serving: EmbeddedEngine, engine_options: dict[str, Any]
 ) -> None:
     engine = serving
-    await engine.configure_scheduler(kv_block_limit=64)
+    await engine.configure_scheduler(kv_block_limit=66)
     backend = EmbeddedBackend(**engine_options)
     assert backend.engine is engine
     free_before = await engine.num_free_blocks()
