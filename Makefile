@@ -19,6 +19,7 @@ demo: model
 
 test: model
 	$(PY) -m pytest
+	$(PY) scripts/vllm_upstream_tests.py
 
 test-unit: install
 	$(PY) -m pytest -m "not engine"
