@@ -1,24 +1,28 @@
 """`agentflow serve`: vLLM's OpenAI-compatible server with the program-aware scheduler.
 
 The server is vLLM's own (`vllm serve`), started with `--scheduler-cls PROGRAM_AWARE_SCHEDULER`
-and one ASGI middleware, `ProgramMetadataMiddleware`:
+and one ASGI middleware, `ProgramMetadataMiddleware`, which sits outside vLLM's own middlewares:
 
-- On `POST /v1/completions`, `/v1/chat/completions`, `/v1/responses` and `/invocations` it
-  reads the program fields (`agentflow.metadata.ProgramMetadata`) from `vllm_xargs` or from the top
-  level of the body (what the OpenAI client's `extra_body` produces), validates them, and
-  forwards them in `vllm_xargs`, where the scheduler reads them. Malformed metadata gets
-  HTTP 400 and never reaches the engine. A request without program fields passes untouched.
-- It serves the scheduler's own routes (the engine core runs in another process; vLLM's
-  utility-call channel carries a `serving._control` command to it):
-  `GET /agentflow/metrics`, `POST /agentflow/end_program {"program_id"}`,
+- **Access** (`serving._guard`): the API key, when set, guards every route below before any body
+  is read; on a loopback bind only loopback `Host`s are answered; state-changing `/agentflow`
+  routes take only `application/json` and refuse foreign `Origin`s.
+- **Generation routes** (every POST route of vLLM's whose body model has `vllm_xargs`, plus
+  `/invocations`): the body must be JSON (else 400, never a 500); program fields
+  (`agentflow.metadata.ProgramMetadata`) in `vllm_xargs` or at the top level (what the OpenAI
+  client's `extra_body` produces) are validated by the one schema and forwarded in `vllm_xargs`,
+  where the scheduler reads them; with program fields present, a top-level field the route does
+  not know is refused. A request without program fields passes untouched.
+- **The scheduler's routes** (the engine core runs in another process; vLLM's utility-call
+  channel carries a `serving._control` command to it): `GET /agentflow/metrics` (per-program
+  detail only to a caller holding the key), `POST /agentflow/end_program {"program_id"}`,
   `POST /agentflow/tool_duration {"tool", "duration_s"}`, `POST /agentflow/configure {knobs}`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Awaitable, Callable, MutableMapping
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +33,27 @@ from agentflow.exceptions import MetadataError
 from agentflow.metadata import PROGRAM_KEYS, ProgramMetadata, describe_validation
 from serving import _vllm
 from serving._control import PROGRAM_AWARE_SCHEDULER, Configure, EndProgram, GetMetrics, ToolDuration
+from serving._guard import AccessPolicy
+from serving._http import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    headers_of,
+    read_body,
+    resend,
+    send_error,
+    send_json,
+    with_length,
+)
 
-__all__ = ["ProgramMetadataMiddleware", "ServeOptions", "serve", "vllm_server_args"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+__all__ = ["ProgramMetadataMiddleware", "ServeOptions", "configure_access", "rewrite_body", "serve", "vllm_server_args"]
 
 MIDDLEWARE = "serving._server.ProgramMetadataMiddleware"
-_GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations"})
-_MAX_BODY_BYTES = 64 * 1024**2
+_MAX_GENERATION_BODY_BYTES = 64 * 1024**2  # a long prompt in JSON; more is refused with 413
+_MAX_CONTROL_BODY_BYTES = 64 * 1024  # the scheduler's routes take a few fields
+_MAX_JSON_DEPTH = 64  # deeper bodies are refused before they are parsed
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,14 +97,36 @@ def vllm_server_args(options: ServeOptions) -> list[str]:
 
 def serve(options: ServeOptions) -> None:
     """Run the server until interrupted."""
-    _vllm.run_openai_server(vllm_server_args(options))
+    _vllm.run_openai_server(vllm_server_args(options), on_args=configure_access)
+
+
+# -- who may call -----------------------------------------------------------------------------------
+
+_access: AccessPolicy | None = None  # set by `serve` from vLLM's parsed arguments
+
+
+def configure_access(*, api_keys: list[str] | None, host: str | None, port: int | None) -> None:
+    """The access rules of the server this process runs (`serve` calls it with vLLM's own arguments).
+
+    `api_keys`: vLLM's `--api-key` values; none given, `VLLM_API_KEY` counts, as in vLLM.
+    """
+    global _access
+    keys = api_keys or [os.environ.get("VLLM_API_KEY", "")]
+    _access = AccessPolicy.for_server(api_keys=[key for key in keys if key], host=host, port=port)
+
+
+def _policy() -> AccessPolicy:
+    if _access is None:  # the middleware inside a plain `vllm serve --middleware ...`
+        configure_access(api_keys=None, host=None, port=None)
+    assert _access is not None
+    return _access
 
 
 # -- the middleware ---------------------------------------------------------------------------------
 
 
 class ProgramMetadataMiddleware:
-    """Validates program metadata before vLLM sees a request; serves `/agentflow/...` (pure ASGI)."""
+    """Guards and validates before vLLM sees a request; serves `/agentflow/...` (pure ASGI)."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -99,110 +135,100 @@ class ProgramMetadataMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        policy = _policy()
+        headers = headers_of(scope)
+        if not policy.host_allowed(headers):
+            await send_error(send, 403, "this server answers requests addressed to its own host only")
+            return
+        path = str(scope.get("path", "")).removeprefix(str(scope.get("root_path", "")))
         if path.startswith("/agentflow/"):
-            await _agentflow_route(scope, receive, send)
-            return
-        if scope.get("method") != "POST" or path not in _GENERATION_PATHS:
+            await _agentflow_route(scope, path, headers, receive, send, policy)
+        elif scope.get("method") == "POST" and _vllm.is_generation_route(scope, path):
+            await self._generation(scope, path, headers, receive, send, policy)
+        else:
             await self.app(scope, receive, send)
+
+    async def _generation(
+        self, scope: Scope, path: str, headers: Mapping[str, str], receive: Receive, send: Send, policy: AccessPolicy
+    ) -> None:
+        if not policy.authorized(headers):
+            await send_error(send, 401, "a valid API key is required (Authorization: Bearer ...)")
             return
-        body = await _read_body(receive)
         try:
-            rewritten = rewrite_body(body)
+            body = await read_body(receive, limit_bytes=_MAX_GENERATION_BODY_BYTES)
+            payload = _parse_json(body)
+            rewritten = rewrite_payload(payload, known_fields=_vllm.request_body_fields(scope, path))
+        except BodyTooLarge as exc:
+            await send_error(send, 413, str(exc))
+            return
         except MetadataError as exc:
-            await _send_json(send, 400, _openai_error(str(exc), "vllm_xargs"))
+            await send_error(send, 400, str(exc), param="vllm_xargs")
             return
         if rewritten is None:
-            await self.app(scope, _resend(body, receive), send)
+            await self.app(scope, resend(body, receive), send)
         else:
-            await self.app(_with_length(scope, len(rewritten)), _resend(rewritten, receive), send)
+            await self.app(with_length(scope, len(rewritten)), resend(rewritten, receive), send)
 
 
 def rewrite_body(body: bytes) -> bytes | None:
-    """The body with its program fields validated and moved into `vllm_xargs`; None: unchanged.
+    """`rewrite_payload` of a raw body (any route's fields allowed); None: unchanged.
 
     Raises:
-        MetadataError: malformed fields, or one given twice with different values.
+        MetadataError: not JSON, malformed program fields, or one given twice with different values.
     """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None  # vLLM answers malformed JSON itself
+    return rewrite_payload(_parse_json(body), known_fields=None)
+
+
+def rewrite_payload(payload: Any, *, known_fields: frozenset[str] | None) -> bytes | None:
+    """The body with its program fields validated and moved into `vllm_xargs`; None: no program fields.
+
+    `known_fields`: the route's own top-level fields; with program fields present, any other
+    top-level field is refused (None: not checked).
+
+    Raises:
+        MetadataError: malformed fields, an unknown field beside them, or one given twice differently.
+    """
     if not isinstance(payload, dict):
-        return None
+        return None  # vLLM answers a body of the wrong shape itself
     top = {key: payload.pop(key) for key in list(payload) if key in PROGRAM_KEYS}
     xargs = payload.get("vllm_xargs")
     if xargs is not None and not isinstance(xargs, dict):
         raise MetadataError("vllm_xargs must be a JSON object")
     xargs = dict(xargs or {})
+    _vllm.check_reserved_extra_args(xargs)
     for key, value in top.items():
         if key in xargs and xargs[key] != value:
             raise MetadataError(f"{key} is given both in the body and in vllm_xargs, with different values")
     merged = {**xargs, **top}
     if ProgramMetadata.from_extra_args(merged) is None and not top:
         return None
+    if known_fields is not None and (unknown := sorted(set(payload) - known_fields)):
+        raise MetadataError(f"unknown field(s) beside the program fields: {', '.join(unknown)[:200]}")
     # vLLM types vllm_xargs values as str | int | float: send flags as 0/1 and leave nulls out.
     payload["vllm_xargs"] = {k: int(v) if isinstance(v, bool) else v for k, v in merged.items() if v is not None}
     return json.dumps(payload).encode()
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY_BYTES:
-            break  # not ours to police: vLLM sees the truncated body and rejects it
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+def _parse_json(body: bytes) -> Any:
+    """The body as JSON. Raises `MetadataError` (a 400) for anything that is not: never a 500."""
+    if _nesting_depth(body) > _MAX_JSON_DEPTH:
+        raise MetadataError(f"the JSON body nests deeper than {_MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MetadataError(f"the body is not valid JSON: {str(exc)[:200]}") from None
 
 
-def _resend(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the app the body we already read, then the client's later messages."""
-    sent = False
-
-    async def resend() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # http.disconnect and the like
-
-    return resend
-
-
-def _with_length(scope: Scope, length: int) -> Scope:
-    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
-    headers.append((b"content-length", str(length).encode()))
-    return {**scope, "headers": headers}
-
-
-def _openai_error(message: str, param: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}
-
-
-async def _send_json(send: Send, status: int, payload: Any) -> None:
-    body = json.dumps(payload, default=_json_default).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+def _nesting_depth(body: bytes) -> int:
+    """An upper bound on the JSON nesting depth (brackets inside strings count too: a cheap, safe bound)."""
+    depth = deepest = 0
+    for byte in body.translate(None, delete=_NOT_BRACKETS):
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 # -- /agentflow routes --------------------------------------------------------------------------------
@@ -214,35 +240,89 @@ _ROUTES: dict[tuple[str, str], Callable[[dict[str, Any]], BaseModel]] = {
     ("POST", "/agentflow/tool_duration"): lambda body: ToolDuration.model_validate(body),
     ("POST", "/agentflow/configure"): lambda body: Configure(knobs=body),
 }
+_PATHS = frozenset(path for _, path in _ROUTES)
 
 
-async def _agentflow_route(scope: Scope, receive: Receive, send: Send) -> None:
-    make_command = _ROUTES.get((scope.get("method", ""), scope.get("path", "")))
-    if make_command is None:
-        await _send_json(send, 404, _openai_error(f"no route {scope.get('method')} {scope.get('path')}", None))
+async def _agentflow_route(
+    scope: Scope, path: str, headers: Mapping[str, str], receive: Receive, send: Send, policy: AccessPolicy
+) -> None:
+    method = str(scope.get("method", ""))
+    if not policy.authorized(headers):
+        await send_error(send, 401, "a valid API key is required (Authorization: Bearer ...)")
         return
-    body: Any = {}
-    if scope.get("method") == "POST":
-        try:
-            body = json.loads(await _read_body(receive) or b"{}")
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            await _send_json(send, 400, _openai_error("the body must be a JSON object", None))
+    make_command = _ROUTES.get((method, path))
+    if make_command is None:
+        status = 405 if path in _PATHS else 404
+        await send_error(send, status, f"no route {method} {path}"[:300])
+        return
+    body: dict[str, Any] = {}
+    if method == "POST":
+        problem = _post_problem(headers, policy)
+        if problem is not None:
+            await send_error(send, *problem)
             return
+        try:
+            parsed = _parse_json(await read_body(receive, limit_bytes=_MAX_CONTROL_BODY_BYTES) or b"{}")
+        except BodyTooLarge as exc:
+            await send_error(send, 413, str(exc))
+            return
+        except MetadataError as exc:
+            await send_error(send, 400, str(exc))
+            return
+        if not isinstance(parsed, dict):
+            await send_error(send, 400, "the body must be a JSON object")
+            return
+        body = parsed
     try:
         command = make_command(body)
     except ValidationError as exc:
-        await _send_json(send, 400, _openai_error(describe_validation(exc), None))
+        await send_error(send, 400, describe_validation(exc)[:1000])
         return
+    await _run_command(scope, command, send, detail=policy.keyed)
+
+
+def _post_problem(headers: Mapping[str, str], policy: AccessPolicy) -> tuple[int, str] | None:
+    """Why a state-changing request is refused before its body is read (None: it is not)."""
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return 415, "the body must be application/json"
+    if not policy.origin_allowed(headers):
+        return 403, "cross-origin requests are refused"
+    return None
+
+
+async def _run_command(scope: Scope, command: BaseModel, send: Send, *, detail: bool) -> None:
     engine_client = _vllm.server_engine_client(scope)
     if engine_client is None:
-        await _send_json(send, 503, _openai_error("the engine is not ready", None))
+        await send_error(send, 503, "the engine is not ready")
         return
     try:
         result = await _vllm.engine_core_call(engine_client, command.model_dump())
     except Exception as exc:  # the engine core reports a failed call as an exception here
-        status = 400 if isinstance(command, Configure) else 500
-        await _send_json(send, status, _openai_error(str(exc), None))
+        status = 400 if isinstance(command, Configure) else 503
+        await send_error(send, status, str(exc)[:1000])
         return
-    await _send_json(send, 200, result if result is not None else {"ok": True})
+    if isinstance(command, GetMetrics) and not detail:
+        result = aggregate_metrics(result)
+    await send_json(send, 200, result if result is not None else {"ok": True})
+
+
+# Lists in the scheduler's metrics that name programs: only a caller holding the API key sees them.
+_PER_PROGRAM = ("admissions", "recent_pins")
+
+
+def aggregate_metrics(metrics: Any) -> Any:
+    """The scheduler's metrics without anything that names a program or a tool.
+
+    What a server without an API key shows (with a key, a caller must hold it to see anything).
+    """
+    if not isinstance(metrics, dict):
+        return metrics
+    out = {k: v for k, v in metrics.items() if k not in _PER_PROGRAM}
+    programs = out.get("programs")
+    if isinstance(programs, dict):
+        out["programs"] = {"tracked": programs.get("tracked")}
+    predictor = out.get("predictor")
+    if isinstance(predictor, dict):  # tool names are the programs' too
+        out["predictor"] = {k: v for k, v in predictor.items() if k != "tools"}
+    return out

@@ -36,11 +36,12 @@ vLLM through this module only:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentflow.exceptions import EngineUnavailableError, UserError
-from agentflow.metadata import VLLM_RESERVED_KEYS
+from agentflow.exceptions import EngineUnavailableError, MetadataError, UserError
+from agentflow.metadata import MAX_NAME_CHARS, VLLM_RESERVED_KEYS
 from serving._control import SchedulerControl, parse_command
 from serving._types import GenerationChunk, QueueSnapshot
 
@@ -133,6 +134,35 @@ def warm_up(engine: LLMEngine) -> None:
     )
     while engine.has_unfinished_requests():
         engine.step()
+
+
+# The shapes vLLM 0.32 expects of its own keys in `extra_args` (vllm/v1/request.py reads them
+# without checking: a string where a dict belongs fails deep inside the engine with a 500).
+_RESERVED_SHAPES: dict[str, tuple[type, ...]] = {
+    "kv_transfer_params": (dict,),
+    "ec_transfer_params": (dict,),
+    "kv_cache_report_mode": (str,),
+    "session_id": (str,),
+}
+_RESERVED_MODES = frozenset({"incremental", "full"})
+
+
+def check_reserved_extra_args(extra_args: Mapping[str, Any]) -> None:
+    """Refuse vLLM's own `extra_args` keys when they do not have the shape vLLM reads them as.
+
+    Raises:
+        MetadataError: naming the key.
+    """
+    for key, kinds in _RESERVED_SHAPES.items():
+        value = extra_args.get(key)
+        if value is not None and not isinstance(value, kinds):
+            raise MetadataError(f"vllm_xargs.{key} must be a JSON {'object' if dict in kinds else 'string'}")
+    mode = extra_args.get("kv_cache_report_mode")
+    if mode is not None and mode not in _RESERVED_MODES:
+        raise MetadataError(f"vllm_xargs.kv_cache_report_mode must be one of {sorted(_RESERVED_MODES)}")
+    session = extra_args.get("session_id")
+    if isinstance(session, str) and len(session) > MAX_NAME_CHARS:
+        raise MetadataError(f"vllm_xargs.session_id is longer than {MAX_NAME_CHARS} characters")
 
 
 def make_sampling_params(
@@ -391,6 +421,57 @@ def install_engine_core_hook() -> None:
     EngineCore.agentflow_call = agentflow_call  # type: ignore[attr-defined]
 
 
+# Routes that reach the engine with a body vLLM does not model as one request type.
+_UNION_BODY_ROUTES = frozenset({"/invocations"})
+# vLLM 0.32's generation routes, for an app whose routes cannot be read (a bare ASGI app in tests).
+_KNOWN_GENERATION_ROUTES = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/chat/completions/batch", "/v1/responses", "/v1/messages"}
+)
+_route_fields: dict[str, frozenset[str] | None] = {}  # path -> the body model's fields (None: not a generation route)
+
+
+def is_generation_route(scope: Any, path: str) -> bool:
+    """Whether `path` is one of the server's POST routes that take `vllm_xargs` (their requests reach the engine)."""
+    if path in _UNION_BODY_ROUTES:
+        return True
+    if not _has_routes(scope):
+        return path in _KNOWN_GENERATION_ROUTES
+    return _body_fields(scope, path) is not None
+
+
+def request_body_fields(scope: Any, path: str) -> frozenset[str] | None:
+    """The top-level fields (and their aliases) of the route's request body model; None: not known."""
+    if path in _UNION_BODY_ROUTES or not _has_routes(scope):
+        return None
+    return _body_fields(scope, path)
+
+
+def _has_routes(scope: Any) -> bool:
+    return bool(getattr(scope.get("app"), "routes", None))
+
+
+def _body_fields(scope: Any, path: str) -> frozenset[str] | None:
+    if path not in _route_fields:
+        _route_fields[path] = _read_body_fields(scope.get("app"), path)
+    return _route_fields[path]
+
+
+def _read_body_fields(app: Any, path: str) -> frozenset[str] | None:
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel
+
+    for route in getattr(app, "routes", ()):
+        if not (isinstance(route, APIRoute) and route.path == path and "POST" in route.methods):
+            continue
+        for param in route.dependant.body_params:
+            model = param.field_info.annotation
+            if isinstance(model, type) and issubclass(model, BaseModel) and "vllm_xargs" in model.model_fields:
+                names = {name for name, info in model.model_fields.items()}
+                names |= {info.alias for info in model.model_fields.values() if info.alias}
+                return frozenset(names)
+    return None
+
+
 def server_engine_client(scope: Any) -> Any:
     """The engine client of the vLLM server an ASGI request reached (None until the server is ready)."""
     app = scope.get("app")
@@ -495,10 +576,11 @@ def _num_hashed(blocks: Any) -> int:
     return count
 
 
-def run_openai_server(argv: list[str]) -> None:
+def run_openai_server(argv: list[str], *, on_args: Callable[..., None] | None = None) -> None:
     """Run vLLM's OpenAI-compatible server (`vllm serve`) with these CLI arguments, until stopped.
 
-    The server's engine core runs in its own process (vLLM's `AsyncLLM` requires it), unlike the
+    `on_args(api_keys=, host=, port=)` is told what vLLM parsed before the server starts. The
+    server's engine core runs in its own process (vLLM's `AsyncLLM` requires it), unlike the
     embedded engine: `VLLM_ENABLE_V1_MULTIPROCESSING` is set back to 1 here.
     """
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
@@ -519,4 +601,6 @@ def run_openai_server(argv: list[str]) -> None:
     parser = make_arg_parser(FlexibleArgumentParser(prog="agentflow serve"))
     args = parser.parse_args(argv)
     validate_parsed_serve_args(args)
+    if on_args is not None:
+        on_args(api_keys=list(args.api_key or []), host=args.host, port=args.port)
     uvloop.run(run_server(args))

@@ -1,78 +1,28 @@
-"""`agentflow serve` in a subprocess: program metadata through vllm_xargs or the body, 400s, metrics."""
+"""`agentflow serve` in a subprocess: program metadata through vllm_xargs or the body, the control
+plane behind the API key, and every defect a hostile client found, each a 4xx that leaves the
+server serving."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
+import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from _serving_workloads import token_prompt
+from conftest import Served
 
 pytestmark = pytest.mark.engine
 
-REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 300
 RUN = uuid.uuid4().hex[:8]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [
-        sys.executable, "-m", "agentflow", "serve", "--port", str(port),
-        "--kv-cache-bytes", str(64 * 1024**2), "--max-model-len", "1024", "--max-num-seqs", "8",
-        "--scheduler-knobs", '{"fixed_ttl_s": 30}',
-    ]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    try:
-        _wait_until_healthy(client, process, log)
-        yield client
-    finally:
-        client.close()
-        _stop(process)
-
-
-def _wait_until_healthy(client: httpx.Client, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"agentflow serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1.0)
-    pytest.fail(f"agentflow serve did not come up in {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)  # vLLM shuts its engine-core process down on SIGINT
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # the session this test started: anything left of it
-    process.wait(timeout=30)
+@pytest.fixture
+def server(served: Served) -> httpx.Client:
+    """A client holding the server's API key."""
+    return served.client
 
 
 def _complete(client: httpx.Client, prompt: Any, **body: Any) -> httpx.Response:
@@ -151,3 +101,101 @@ def test_requests_without_metadata_still_work(server: httpx.Client) -> None:
     assert response.status_code == 200 and response.json()["choices"][0]["text"]
     assert _metrics(server)["requests"]["without_metadata"] == before + 1
     assert server.get("/agentflow/nope").status_code == 404
+
+
+# -- the control plane behind the key ---------------------------------------------------------------------
+
+
+def test_every_agentflow_route_needs_the_key_and_gets_401_before_validation(served: Served) -> None:
+    anonymous = served.anonymous
+    assert anonymous.get("/agentflow/metrics").status_code == 401
+    assert anonymous.post("/agentflow/end_program", json={"program_id": "someone-else"}).status_code == 401
+    assert anonymous.post("/agentflow/tool_duration", json={"tool": "x", "duration_s": 1}).status_code == 401
+    response = anonymous.post("/agentflow/configure", json={"reserve_turns": "not even a number"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == 401
+    # Generation routes too: 401, not a 400 that describes the program fields.
+    assert _complete(anonymous, "Hello", program_id=12).status_code == 401
+
+
+def test_configure_takes_only_json_from_this_host(served: Served) -> None:
+    client = served.client
+    text = client.post("/agentflow/configure", content=b'{"fixed_ttl_s": 1}', headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+    foreign = client.post("/agentflow/configure", json={"fixed_ttl_s": 1}, headers={"host": "evil.example"})
+    assert foreign.status_code == 403
+    page = client.post("/agentflow/configure", json={"fixed_ttl_s": 1}, headers={"origin": "http://evil.example"})
+    assert page.status_code == 403
+    assert _metrics(client)["knobs"]["fixed_ttl_s"] == 30  # nothing changed
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"reserve_turns": 1e308},  # crashed the engine core (OverflowError) before
+        {"tau_max_s": 1e308},
+        {"kv_block_limit": 1},  # hung every request before
+        {"fixed_ttl_s": -1},
+        {"enabled": "yes"},
+        {"min_tool_samples": 2.5},
+    ],
+)
+def test_a_bad_knob_is_a_400_and_changes_nothing(served: Served, knobs: dict[str, Any]) -> None:
+    client = served.client
+    before = _metrics(client)["knobs"]
+    response = client.post("/agentflow/configure", json=knobs)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == 400
+    assert _metrics(client)["knobs"] == before
+    assert _complete(client, "Hello", program_id=f"{RUN}-after-knob").status_code == 200
+
+
+def test_non_finite_knobs_are_refused_and_metrics_are_strict_json(served: Served) -> None:
+    client = served.client
+    infinite = client.post(
+        "/agentflow/configure", content=b'{"tau_max_s": Infinity}', headers={"content-type": "application/json"}
+    )
+    assert infinite.status_code == 400
+    text = client.get("/agentflow/metrics").text
+
+    def strict(constant: str) -> Any:
+        raise AssertionError(f"metrics emitted {constant}")
+
+    json.loads(text, parse_constant=strict)
+
+
+# -- every generation route, every body -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"input": "Hi", "max_output_tokens": 4, "vllm_xargs": {"program_id": "p", "turn": "x"}}),
+        ("/v1/messages", {"max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}], "program_id": 7}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "program_id": "p", "turnn": 1}),
+        ("/v1/completions", {"prompt": "Hi", "program_id": "p", "next_tool": "t" * 600}),
+    ],
+)
+def test_malformed_program_fields_are_a_400_on_every_generation_route(
+    server: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    response = server.post(path, json={"model": "default", **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == 400
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 200_000, b'{"a":' * 10_000, b"\xff\xfe\x00", b'{"model": "default", "prompt": "Hi", "max_tokens": 1e999}'],
+)
+def test_pathological_bodies_are_a_400_never_a_500(server: httpx.Client, content: bytes) -> None:
+    response = server.post("/v1/completions", content=content, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    assert _complete(server, "Hello").status_code == 200
+
+
+def test_a_program_claiming_an_old_arrival_is_ranked_by_when_the_server_saw_it(server: httpx.Client) -> None:
+    response = _complete(server, "Hello", program_id=f"{RUN}-liar", program_arrival_s=0.0, is_last_turn=True)
+    assert response.status_code == 200
+    snapshot = _metrics(server)
+    [entry] = [p for p in snapshot["programs"]["recent_finished"] if p["program_id"] == f"{RUN}-liar"]
+    assert entry["requests"] == 1

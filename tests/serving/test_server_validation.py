@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from agentflow.exceptions import MetadataError
-from serving._server import ProgramMetadataMiddleware, ServeOptions, rewrite_body, vllm_server_args
+from serving._guard import AccessPolicy, split_host
+from serving._http import finite_json
+from serving._server import (
+    ProgramMetadataMiddleware,
+    ServeOptions,
+    aggregate_metrics,
+    configure_access,
+    rewrite_body,
+    vllm_server_args,
+)
 
 
 def _body(**payload: Any) -> bytes:
@@ -38,6 +48,8 @@ def test_vllm_xargs_fields_are_validated_and_kept() -> None:
         {"program_id": "p", "turn": -2},
         {"program_id": "p", "vllm_xargs": {"program_id": "q"}},
         {"program_id": "p", "vllm_xargs": "not an object"},
+        {"vllm_xargs": {"kv_transfer_params": "0"}},  # vLLM's own key of the wrong shape: a 500 inside vLLM
+        {"vllm_xargs": {"program_id": "p", "kv_cache_report_mode": "sometimes"}},
     ],
 )
 def test_malformed_metadata_is_rejected(payload: dict[str, Any]) -> None:
@@ -45,9 +57,15 @@ def test_malformed_metadata_is_rejected(payload: dict[str, Any]) -> None:
         rewrite_body(_body(**payload))
 
 
-@pytest.mark.parametrize("body", [_body(), _body(vllm_xargs={"custom": 1}), b"not json", b"[1, 2]"])
+@pytest.mark.parametrize("body", [_body(), _body(vllm_xargs={"custom": 1}), b"[1, 2]"])
 def test_bodies_without_program_fields_pass_untouched(body: bytes) -> None:
     assert rewrite_body(body) is None
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[" * 100_000, b'{"a": ' * 5000])
+def test_a_body_that_is_not_json_is_a_400_never_a_500(body: bytes) -> None:
+    with pytest.raises(MetadataError, match="JSON"):
+        rewrite_body(body)
 
 
 class _Recorder:
@@ -61,7 +79,9 @@ class _Recorder:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _request(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+def _request(
+    app: Any, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     sent: list[dict[str, Any]] = []
     chunks = [body[:5], body[5:]]
 
@@ -72,7 +92,13 @@ def _request(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-length", str(len(body)).encode())]}
+    sent_headers = {"content-length": str(len(body)), "content-type": "application/json", **(headers or {})}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in sent_headers.items()],
+    }
     asyncio.run(app(scope, receive, send))
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -101,8 +127,14 @@ def test_middleware_forwards_rewritten_and_untouched_bodies() -> None:
 def test_agentflow_routes_without_an_engine() -> None:
     app = ProgramMetadataMiddleware(_Recorder())
     assert _request(app, "GET", "/agentflow/nope")[0] == 404
+    assert _request(app, "GET", "/agentflow/configure")[0] == 405
     assert _request(app, "POST", "/agentflow/end_program", b'{"program_id": ""}')[0] == 400
+    assert _request(app, "POST", "/agentflow/end_program", b'{"program_id": "' + b"x" * 600 + b'"}')[0] == 400
     assert _request(app, "POST", "/agentflow/tool_duration", b'{"tool": "cat", "duration_s": -1}')[0] == 400
+    assert _request(app, "POST", "/agentflow/tool_duration", b'{"tool": "cat", "duration_s": 1e999}')[0] == 400
+    assert _request(app, "POST", "/agentflow/configure", b"[" * 10_000)[0] == 400
+    assert _request(app, "POST", "/agentflow/configure", b"x" * 100_000)[0] == 413
+    assert _request(app, "POST", "/agentflow/configure", b"{}", {"content-type": "text/plain"})[0] == 415
     assert _request(app, "GET", "/agentflow/metrics")[0] == 503  # no engine client in this app
 
 
@@ -150,3 +182,74 @@ async def test_one_validation_gives_the_embedded_error_and_the_http_400(fields: 
     assert sent[0]["status"] == 400
     error = json.loads(sent[1]["body"])["error"]
     assert str(embedded.value) == str(schema.value) == error["message"]
+
+
+# -- access: the API key, Host, Origin --------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed_server() -> Iterator[None]:
+    configure_access(api_keys=["secret"], host="127.0.0.1", port=8000)
+    yield
+    configure_access(api_keys=None, host="127.0.0.1", port=8000)
+
+
+@pytest.mark.usefixtures("keyed_server")
+def test_with_a_key_every_route_we_read_needs_it_before_its_body_is_read() -> None:
+    inner = _Recorder()
+    app = ProgramMetadataMiddleware(inner)
+    for method, path, body in (
+        ("GET", "/agentflow/metrics", b""),
+        ("POST", "/agentflow/end_program", b'{"program_id": "p"}'),
+        ("POST", "/agentflow/tool_duration", b"not even json"),
+        ("POST", "/agentflow/configure", b'{"reserve_turns": 1e308}'),
+        ("POST", "/v1/completions", _body(program_id=3)),  # 401, not a 400 that describes the body
+    ):
+        status, answer = _request(app, method, path, body)
+        assert status == 401, (method, path)
+        assert json.loads(answer)["error"]["code"] == 401
+        status, _ = _request(app, method, path, body, {"authorization": "Bearer wrong"})
+        assert status == 401
+    assert inner.calls == []
+    ok = {"authorization": "Bearer secret"}
+    assert _request(app, "POST", "/v1/completions", _body(program_id=3), ok)[0] == 400  # now it may be read
+    assert _request(app, "POST", "/v1/completions", _body(program_id="p"), ok)[0] == 200
+
+
+def test_a_loopback_server_refuses_foreign_hosts_and_origins() -> None:
+    configure_access(api_keys=None, host="127.0.0.1", port=8000)
+    app = ProgramMetadataMiddleware(_Recorder())
+    rebound = {"host": "attacker.example:8000"}
+    assert _request(app, "GET", "/agentflow/metrics", headers=rebound)[0] == 403
+    assert _request(app, "POST", "/v1/completions", _body(), rebound)[0] == 403
+    page = {"host": "127.0.0.1:8000", "origin": "http://attacker.example"}
+    assert _request(app, "POST", "/agentflow/configure", b"{}", page)[0] == 403
+    own = {"host": "localhost:8000", "origin": "http://localhost:8000"}
+    assert _request(app, "GET", "/agentflow/metrics", headers=own)[0] == 503  # allowed: no engine here
+
+
+def test_access_policy_rules() -> None:
+    policy = AccessPolicy.for_server(api_keys=["k1", "", "k2"], host="127.0.0.1", port=8000)
+    assert policy.keyed and len(policy.token_hashes) == 2
+    assert policy.authorized({"authorization": "Bearer k2"}) and not policy.authorized({"authorization": "Basic k2"})
+    assert policy.host_allowed({"host": "[::1]:8000"}) and not policy.host_allowed({"host": "127.0.0.1:9"})
+    assert not policy.origin_allowed({"origin": "null"})
+    open_bind = AccessPolicy.for_server(api_keys=[], host="0.0.0.0", port=8000)
+    assert not open_bind.keyed and open_bind.authorized({}) and open_bind.host_allowed({"host": "my.host:8000"})
+    assert open_bind.origin_allowed({"host": "my.host:8000", "origin": "http://my.host:8000"})
+    assert not open_bind.origin_allowed({"host": "my.host:8000", "origin": "http://evil.example:8000"})
+    assert split_host("[::1]:80") == ("::1", 80) and split_host("Example.COM") == ("example.com", None)
+
+
+def test_metrics_without_the_key_name_no_program() -> None:
+    metrics = {
+        "pins": {"created": 3},
+        "admissions": [{"program_id": "secret-job"}],
+        "recent_pins": [{"program_id": "secret-job"}],
+        "programs": {"tracked": 1, "active": [{"program_id": "secret-job"}]},
+        "predictor": {"observed": 2, "tools": {"secret-tool": {}}},
+        "prefill": float("inf"),
+    }
+    aggregate = aggregate_metrics(metrics)
+    assert "secret" not in json.dumps(aggregate) and aggregate["pins"] == {"created": 3}
+    assert finite_json(aggregate)["prefill"] is None
