@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import networkx as nx
@@ -87,6 +87,14 @@ class CallNode:
     label: str | None = None  # where it came from, e.g. the plan line
     deps: tuple[str, ...] = field(init=False)
 
+    def with_expected_duration(self, expected_duration_s: float | None) -> CallNode:
+        """A copy of the node with another expected duration (its refs are not walked again)."""
+        node = object.__new__(CallNode)
+        for name in _NODE_SLOTS:
+            object.__setattr__(node, name, getattr(self, name))
+        object.__setattr__(node, "expected_duration_s", expected_duration_s)
+        return node
+
     def __post_init__(self) -> None:
         if not self.id:
             raise GraphError("node id must be a non-empty string")
@@ -94,6 +102,9 @@ class CallNode:
         if self.id in seen:
             raise CycleError([self.id, self.id])
         object.__setattr__(self, "deps", tuple(seen))
+
+
+_NODE_SLOTS = tuple(f.name for f in fields(CallNode))
 
 
 def iter_refs(value: Any) -> Iterator[Ref]:

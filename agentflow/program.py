@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentflow import _context
 from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramAwareBackend, resolve_backend
@@ -27,7 +27,9 @@ from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, ProgramFacts,
 from agentflow.metadata import ProgramMetadata
 from agentflow.semantic import SemanticVariable
 from agentflow.tools import ToolRegistry
-from executor import DurationEstimates, Executor, ExecutorObserver, RunResult
+
+if TYPE_CHECKING:
+    from executor import DurationEstimates, Executor, ExecutorObserver, RunResult
 
 __all__ = ["Program"]
 
@@ -82,6 +84,11 @@ class Program:
             arrival_s=arrival_s,
             deadline_at_s=arrival_s + self.deadline_in_s if self.deadline_in_s is not None else None,
         )
+        # The SDK's one arrow up, taken when a program runs: `executor` imports the SDK's modules,
+        # so importing it here at module level would make `import executor` before `import
+        # agentflow` a circular import.
+        from executor import Executor
+
         self._executor = Executor(
             self.registry.get,
             facts=facts,
@@ -220,15 +227,15 @@ class _ToolDurationFeed:
     def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None:
         if node.kind is not CallKind.TOOL or state not in (NodeState.DONE, NodeState.FAILED):
             return
-        backend = self._backend.resolved
-        if isinstance(backend, ProgramAwareBackend):
+        backend = self._backend.program_aware
+        if backend is not None:
             backend.observe_tool_duration(node.target, duration_s)
 
 
 async def _end_program(backend: _LazyBackend, program_id: str) -> dict[str, Any] | None:
     """Tell a backend that keeps per-program state (pinned KV) that the program is over."""
-    resolved = backend.resolved
-    if not isinstance(resolved, ProgramAwareBackend):
+    resolved = backend.program_aware
+    if resolved is None:
         return None
     try:
         return await resolved.end_program(program_id)
@@ -238,8 +245,8 @@ async def _end_program(backend: _LazyBackend, program_id: str) -> dict[str, Any]
 
 def _post_end_program(backend: _LazyBackend, program_id: str) -> None:
     # The task is being cancelled: post without awaiting.
-    resolved = backend.resolved
-    if isinstance(resolved, ProgramAwareBackend):
+    resolved = backend.program_aware
+    if resolved is not None:
         resolved.post_end_program(program_id)
 
 
@@ -248,17 +255,26 @@ class _LazyBackend:
 
     def __init__(self, model: str | LLMBackend | None) -> None:
         self._model = model
-        self._backend: LLMBackend | None = model if isinstance(model, LLMBackend) else None
+        self._backend: LLMBackend | None = None
+        self._program_aware: ProgramAwareBackend | None = None
+        if isinstance(model, LLMBackend):
+            self._set(model)
 
     def _get(self) -> LLMBackend:
         if self._backend is None:
-            self._backend = resolve_backend(self._model)
+            self._set(resolve_backend(self._model))
+        assert self._backend is not None
         return self._backend
 
+    def _set(self, backend: LLMBackend) -> None:
+        self._backend = backend
+        # Checked once: a runtime protocol check costs ~20 us, and tools end by the thousand.
+        self._program_aware = backend if isinstance(backend, ProgramAwareBackend) else None
+
     @property
-    def resolved(self) -> LLMBackend | None:
-        """The backend if a call resolved it already (never loads one)."""
-        return self._backend
+    def program_aware(self) -> ProgramAwareBackend | None:
+        """The backend, if a call resolved it already and it keeps per-program state (never loads one)."""
+        return self._program_aware
 
     @property
     def name(self) -> str:

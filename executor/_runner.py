@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import functools
 import time
 from collections import deque
@@ -218,7 +217,7 @@ class Executor:
             expected_s = self._estimates.expected_s(callee.name)
         if expected_s is None:
             return node
-        return dataclasses.replace(node, expected_duration_s=expected_s)
+        return node.with_expected_duration(expected_duration_s=expected_s)
 
     def _track(self, node: CallNode) -> None:
         ready, skipped = self.state.add(node)

@@ -236,3 +236,21 @@ def test_render() -> None:
     assert lines[1].startswith('[2] tool summarize($1, text="in $1", long=\'xxx')
     assert "...," not in lines[1] and lines[1].endswith("  <- 1")
     assert "..." in lines[1]
+
+
+def test_a_node_with_another_expected_duration_is_a_copy() -> None:
+    node = CallNode(
+        id="2", kind=CallKind.TOOL, target="t", args=(Ref("1"),), kwargs={"x": [Ref("0")]}, label="2. t($1)"
+    )
+    timed = node.with_expected_duration(expected_duration_s=1.5)
+    assert timed.expected_duration_s == 1.5 and node.expected_duration_s is None
+    assert (timed.id, timed.target, timed.args, timed.kwargs, timed.deps, timed.label) == (
+        node.id,
+        node.target,
+        node.args,
+        node.kwargs,
+        node.deps,
+        node.label,
+    )
+    again = CallNode(id="2", kind=CallKind.TOOL, target="t", label="2. t($1)", expected_duration_s=1.5, **refs)  # type: ignore[arg-type]
+    assert timed == again
