@@ -252,5 +252,13 @@ def test_a_node_with_another_expected_duration_is_a_copy() -> None:
         node.deps,
         node.label,
     )
-    again = CallNode(id="2", kind=CallKind.TOOL, target="t", label="2. t($1)", expected_duration_s=1.5, **refs)  # type: ignore[arg-type]
+    again = CallNode(
+        id="2",
+        kind=CallKind.TOOL,
+        target="t",
+        args=(Ref("1"),),
+        kwargs={"x": [Ref("0")]},
+        label="2. t($1)",
+        expected_duration_s=1.5,
+    )
     assert timed == again
