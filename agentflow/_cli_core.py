@@ -13,10 +13,16 @@ def register(subparsers: Any) -> None:
     demo = subparsers.add_parser("demo", help="run the main demo agent program on the embedded model")
     demo.add_argument("--model", default=None, help="model string (default: embedded; see README)")
     demo.add_argument("--json", type=Path, default=None, help="also write the run (DAG, trace, answer) here")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("agentflow-runs/demo"),
+        help="where the timeline goes: trace.json (Chrome/Perfetto) and timeline.png (default: agentflow-runs/demo)",
+    )
     demo.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from agentflow.demo import run_demo
 
-    return run_demo(model=args.model, json_path=args.json)
+    return run_demo(model=args.model, json_path=args.json, out_dir=args.out)

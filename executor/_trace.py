@@ -1,8 +1,14 @@
-"""The trace of a run: start and end of every call, the critical path, a text timeline."""
+"""The trace of a run: start and end of every call, the critical path, a text timeline.
+
+`Trace.to_chrome_trace()` / `write_chrome_trace(path)` give the Chrome/Perfetto trace-event
+format (`executor._chrome`); `write_timeline_png(path)` draws the same timeline.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agentflow.ir import CallGraph, CallKind, NodeState
@@ -82,6 +88,25 @@ class Trace:
             "parallel_efficiency": self.parallel_efficiency,
             "records": [asdict(r) for r in self.records],
         }
+
+    def to_chrome_trace(self) -> dict[str, Any]:
+        """The run in the trace-event format Chrome's and Perfetto's trace viewers open."""
+        from ._chrome import chrome_trace
+
+        return chrome_trace(self)
+
+    def write_chrome_trace(self, path: str | Path) -> Path:
+        """Write `to_chrome_trace()` as JSON to `path`; the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.to_chrome_trace(), default=str))
+        return out
+
+    def write_timeline_png(self, path: str | Path) -> Path:
+        """Draw the timeline (one row per lane, the critical path in red) as a PNG at `path`; the path."""
+        from ._chrome import draw_timeline
+
+        return draw_timeline(self, path)
 
     def render_timeline(self, width: int = 48) -> str:
         """A Gantt chart in text: one row per call, `#` while it ran, `*` on the critical path."""

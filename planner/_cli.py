@@ -31,6 +31,10 @@ def register(subparsers: Any) -> None:
     run.add_argument("--max-replans", type=int, default=2, help="replans allowed after the first plan (default 2)")
     run.add_argument("--no-grammar", action="store_true", help="prompt-only plans even where a grammar is enforced")
     run.add_argument("--batch", action="store_true", help="parse the whole plan before running any step")
+    run.add_argument(
+        "--trace-out", type=Path, default=None, metavar="PATH", help="write the timeline as a Chrome/Perfetto trace"
+    )
+    run.add_argument("--timeline-png", type=Path, default=None, metavar="PATH", help="draw the timeline as a PNG")
     run.set_defaults(func=_run_command)
 
     from agentflow.cli import add_bench
@@ -87,6 +91,8 @@ def _run_command(args: argparse.Namespace) -> int:
         max_replans=args.max_replans,
         use_grammar=False if args.no_grammar else None,
         stream=not args.batch,
+        trace_out=args.trace_out,
+        timeline_png=args.timeline_png,
     )
 
 
@@ -99,8 +105,10 @@ def run_command(
     max_replans: int = 2,
     use_grammar: bool | None = None,
     stream: bool = True,
+    trace_out: Path | None = None,
+    timeline_png: Path | None = None,
 ) -> int:
-    """`agentflow run`: load the tools module, compile and run the task, print the result."""
+    """`agentflow run`: load the tools module, compile and run the task, print the result (and its timeline files)."""
     from planner._run import PlannerOptions, compile_and_run
 
     module = load_tools_module(tools)
@@ -115,6 +123,10 @@ def run_command(
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print(result.render())
+    if trace_out is not None:
+        print(f"trace: {result.trace.write_chrome_trace(trace_out)} (open in https://ui.perfetto.dev)", file=sys.stderr)
+    if timeline_png is not None:
+        print(f"timeline: {result.trace.write_timeline_png(timeline_png)}", file=sys.stderr)
     return 0 if result.ok else 1
 
 

@@ -80,8 +80,8 @@ async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model:
     }
 
 
-def run_demo(*, model: Any = None, json_path: Path | None = None) -> int:
-    """Run the demo and print the DAG, the timeline and the answer."""
+def run_demo(*, model: Any = None, json_path: Path | None = None, out_dir: Path | None = None) -> int:
+    """Run the demo and print the DAG, the timeline and the answer; with `out_dir`, write the timeline there too."""
     print("agentflow demo: planning a May city break (tools on shipped data + the embedded model)\n")
     run = asyncio.run(city_break(model=model))
     trace = run["trace"]
@@ -98,6 +98,10 @@ def run_demo(*, model: Any = None, json_path: Path | None = None) -> int:
     print(run["answer"])
     for failure in run["failures"]:
         print(f"failed: [{failure.node_id}] {failure.target}: {failure.reason}")
+    if out_dir is not None:
+        trace_path = trace.write_chrome_trace(out_dir / "trace.json")
+        png_path = trace.write_timeline_png(out_dir / "timeline.png")
+        print(f"\ntimeline written: {trace_path} (open in https://ui.perfetto.dev or chrome://tracing), {png_path}")
     if json_path is not None:
         payload = {k: v for k, v in run.items() if k not in ("trace", "failures")}
         payload["trace"] = trace.to_dict()
