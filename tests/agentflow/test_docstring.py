@@ -81,3 +81,26 @@ def test_sphinx_with_types_and_fields() -> None:
 def test_a_parameter_without_description() -> None:
     _, params = parse_docstring("Do it.\n\nArgs:\n    x:\n    y: Why.\n")
     assert params == {"x": "", "y": "Why."}
+
+
+def test_google_keyword_arguments_and_an_args_star() -> None:
+    doc = """Send a message.
+
+    Args:
+        *to: Who gets it.
+
+    Keyword Args:
+        urgent: Ring a bell.
+    """
+    assert parse_docstring(doc) == ("Send a message.", {"to": "Who gets it.", "urgent": "Ring a bell."})
+
+
+def test_a_multi_paragraph_description_before_the_parameters() -> None:
+    doc = """Summarize.
+
+    Reads the whole text first.
+
+    Args:
+        text: The text.
+    """
+    assert parse_docstring(doc) == ("Summarize. Reads the whole text first.", {"text": "The text."})
