@@ -18,6 +18,7 @@ from agentflow.exceptions import (
 )
 from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, Ref
 from agentflow.metadata import ProgramMetadata
+from agentflow.otel import instrument
 from agentflow.program import Program
 from agentflow.semantic import SemanticFunction, SemanticVariable, semantic_function
 from agentflow.tools import Tool, ToolRegistry, tool
@@ -49,6 +50,7 @@ __all__ = [
     "ToolTimeoutError",
     "UserError",
     "__version__",
+    "instrument",
     "resolve_backend",
     "semantic_function",
     "tool",

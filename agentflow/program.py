@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agentflow import _context
-from agentflow.backends import Completion, LLMBackend, LLMRequest, ProgramAwareBackend, resolve_backend
+from agentflow import _context, otel
+from agentflow.backends import MODEL_ENV, Completion, LLMBackend, LLMRequest, ProgramAwareBackend, resolve_backend
 from agentflow.calls import Callee
 from agentflow.exceptions import AgentflowError, UserError
 from agentflow.ir import CallGraph, CallKind, CallNode, NodeState, ProgramFacts, Ref
@@ -29,9 +31,18 @@ from agentflow.semantic import SemanticVariable
 from agentflow.tools import ToolRegistry
 
 if TYPE_CHECKING:
-    from executor import DurationEstimates, Executor, ExecutorObserver, RunResult
+    from agentflow._otel import ProgramSpans
+    from executor import DurationEstimates, Executor, ExecutorObserver, NodeRun, RunResult
 
 __all__ = ["Program"]
+
+_log = logging.getLogger(__name__)
+
+
+class _AsyncCloseable(Protocol):
+    """A resource a program closes when it ends (see `Program.close_on_exit`)."""
+
+    async def aclose(self) -> None: ...
 
 
 class Program:
@@ -72,6 +83,8 @@ class Program:
         self.backend: LLMBackend = self._lazy_backend
         # What a program-aware backend reported when the program ended (pins, queueing, cache hits).
         self.serving: dict[str, Any] | None = None
+        self._to_close: list[_AsyncCloseable] = []  # closed when the program ends, last registered first
+        self._spans: ProgramSpans | None = None  # OpenTelemetry spans, when tracing is on (agentflow.otel)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -89,12 +102,16 @@ class Program:
         # agentflow` a circular import.
         from executor import Executor
 
+        observers: tuple[ExecutorObserver, ...] = (*self._observers, _ToolDurationFeed(self._lazy_backend))
+        self._spans = otel.program_spans(self.program_id, model_name=self._lazy_backend.label)
+        if self._spans is not None:
+            observers = (*observers, self._spans)
         self._executor = Executor(
             self.registry.get,
             facts=facts,
             max_parallel=self._max_parallel,
             backend=self.backend,
-            observers=(*self._observers, _ToolDurationFeed(self._lazy_backend)),
+            observers=observers,
             estimates=self._estimates,
         )
         if self.deadline_in_s is not None:
@@ -113,16 +130,41 @@ class Program:
         executor.close()
         try:
             self._result = await executor.wait()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             executor.cancel("program cancelled")
             self._result = executor.result()
             _post_end_program(self._lazy_backend, self.program_id)
+            await self._close_resources()
+            if self._spans is not None:
+                self._spans.close(self._result, cancelled)
             raise
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             executor.shutdown()
+        await self._close_resources()
         self.serving = await _end_program(self._lazy_backend, self.program_id)
+        if self._spans is not None:
+            self._spans.close(self._result, exc)
+
+    def close_on_exit(self, resource: _AsyncCloseable) -> None:
+        """Close `resource` (`await resource.aclose()`) when the program ends.
+
+        Resources close after the program's calls have settled (when it is cancelled: once its
+        calls are cancelled), the last registered first. A resource that fails to close is
+        logged; it does not turn the program's result into an error.
+        """
+        if self._result is not None:
+            raise UserError("this program has ended: close the resource yourself")
+        self._to_close.append(resource)
+
+    async def _close_resources(self) -> None:
+        resources, self._to_close = self._to_close[::-1], []
+        for resource in resources:
+            try:
+                await resource.aclose()
+            except Exception:  # closing is best effort: the run's result stands
+                _log.warning("program %s: closing %r failed", self.program_id, resource, exc_info=True)
 
     def _on_deadline(self) -> None:
         self._running().cancel(f"deadline of {self.deadline_in_s:g} s passed")
@@ -221,15 +263,15 @@ class _ToolDurationFeed:
     def __init__(self, backend: _LazyBackend) -> None:
         self._backend = backend
 
-    def on_node_start(self, program_id: str, node: CallNode) -> None:
+    def on_node_start(self, program_id: str, run: NodeRun) -> None:
         pass
 
-    def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None:
-        if node.kind is not CallKind.TOOL or state not in (NodeState.DONE, NodeState.FAILED):
+    def on_node_end(self, program_id: str, run: NodeRun) -> None:
+        if run.node.kind is not CallKind.TOOL or run.state not in (NodeState.DONE, NodeState.FAILED):
             return
         backend = self._backend.program_aware
         if backend is not None:
-            backend.observe_tool_duration(node.target, duration_s)
+            backend.observe_tool_duration(run.node.target, run.duration_s)
 
 
 async def _end_program(backend: _LazyBackend, program_id: str) -> dict[str, Any] | None:
@@ -270,6 +312,12 @@ class _LazyBackend:
         self._backend = backend
         # Checked once: a runtime protocol check costs ~20 us, and tools end by the thousand.
         self._program_aware = backend if isinstance(backend, ProgramAwareBackend) else None
+
+    def label(self) -> str:
+        """The backend's name once resolved, else the model string it will resolve (never loads one)."""
+        if self._backend is not None:
+            return self._backend.name
+        return self._model if isinstance(self._model, str) else os.environ.get(MODEL_ENV) or "embedded"
 
     @property
     def program_aware(self) -> ProgramAwareBackend | None:

@@ -135,3 +135,46 @@ def run_executor_bench() -> dict[str, Any]:
         value = figures[key]
         checks[key] = {"target": f"{op} {bound}", "pass": value <= bound if op == "<=" else value >= bound}
     return {"figures": figures, "targets": checks, "all_pass": all(c["pass"] for c in checks.values())}
+
+
+# -- tracing on vs off -------------------------------------------------------------------------------------
+
+
+def run_tracing_bench(rounds: int = 4) -> dict[str, Any]:
+    """Executor dispatch p50 with OpenTelemetry tracing off and on, side by side (off, on, on, off, ...).
+
+    "On" is a real SDK pipeline: a span per program and per call, batched to an exporter that
+    drops them (what it costs to record, not to ship). Needs the `otel` extra.
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    import agentflow.otel
+
+    class _Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=65_536))
+    off: list[float] = []
+    on: list[float] = []
+    for i in range(rounds * 2):
+        traced = i % 4 in (1, 2)  # off on on off: drift in the machine's speed falls on both
+        if traced:
+            agentflow.otel.instrument(tracer_provider=provider)
+        try:
+            figure = asyncio.run(dispatch_overhead(repeats=5))["dispatch_overhead_us_p50"]
+        finally:
+            agentflow.otel.uninstrument()
+        (on if traced else off).append(figure)
+    provider.shutdown()
+    off_p50, on_p50 = statistics.median(off), statistics.median(on)
+    return {
+        "dispatch_overhead_us_p50_tracing_off": off_p50,
+        "dispatch_overhead_us_p50_tracing_on": on_p50,
+        "tracing_cost_us_per_call": on_p50 - off_p50,
+        "rounds_off_us": off,
+        "rounds_on_us": on,
+        "measured": "executor dispatch (chain and fan-out of no-op tools), tracing off/on alternating",
+    }

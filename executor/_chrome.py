@@ -81,6 +81,8 @@ def _call_event(record: NodeRecord, lanes: dict[str, int], critical: bool, wall_
         args["error"] = record.error
     if record.usage:
         args["usage"] = dict(record.usage)
+    if record.serving:
+        args["serving"] = dict(record.serving)
     event: dict[str, Any] = {
         "name": f"[{record.node_id}] {record.target}",
         "cat": ",".join([record.kind.value, *(["critical"] if critical else [])]),

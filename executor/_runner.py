@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import tenacity
 
-from agentflow.backends import LLMBackend
+from agentflow.backends import Completion, LLMBackend
 from agentflow.calls import CallContext, Callee
 from agentflow.exceptions import (
     AgentflowError,
@@ -43,11 +43,15 @@ _MAX_PARALLEL_DEFAULT = 64
 
 
 class ExecutorObserver(Protocol):
-    """Told when calls start and end (the serving layer learns real tool durations here)."""
+    """Told when calls start and end (tool durations reach the serving layer, spans the tracer).
 
-    def on_node_start(self, program_id: str, node: CallNode) -> None: ...
+    `run` is the call's live record: read it, never change it. At the end it holds the state,
+    the duration, the error, the attempts and, for LLM calls, the token usage and serving facts.
+    """
 
-    def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None: ...
+    def on_node_start(self, program_id: str, run: NodeRun) -> None: ...
+
+    def on_node_end(self, program_id: str, run: NodeRun) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,7 +253,7 @@ class Executor:
         run = self.state.runs[node_id]
         self.state.start(node_id, self._now())
         for observer in self._observers:
-            observer.on_node_start(self.facts.program_id, run.node)
+            observer.on_node_start(self.facts.program_id, run)
         self._tasks[node_id] = self._loop.create_task(self._run(run, callee))
 
     def _release(self, callee: Callee) -> None:
@@ -426,7 +430,7 @@ class Executor:
         if run.state is NodeState.DONE:
             self._estimates.observe(run.node.target, run.duration_s)
         for observer in self._observers:
-            observer.on_node_end(self.facts.program_id, run.node, run.state, run.duration_s)
+            observer.on_node_end(self.facts.program_id, run)
 
     def _maybe_settle(self) -> None:
         if self._closed and self.state.all_terminal and not self._settled.is_set():
@@ -440,13 +444,15 @@ class Executor:
         return time.perf_counter() - self._t0
 
 
-def _record_usage(run: NodeRun, completion: Any) -> None:
+def _record_usage(run: NodeRun, completion: Completion) -> None:
     usage = {
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
     }
     run.usage = {k: v for k, v in usage.items() if v is not None}
+    if completion.serving is not None:
+        run.serving = dict(completion.serving)
 
 
 def _is_retryable(exc: BaseException) -> bool:

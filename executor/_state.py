@@ -30,6 +30,7 @@ class NodeRun:
     attempts: int = 0
     blocked_by: str | None = None  # the failed dependency that caused a skip
     usage: dict[str, int] | None = None  # LLM calls: prompt, completion and prefix-cached tokens
+    serving: dict[str, Any] | None = None  # LLM calls: what a program-aware engine did with it
 
     @property
     def duration_s(self) -> float:

@@ -32,6 +32,7 @@ class NodeRecord:
     error: str | None
     deps: tuple[str, ...]
     usage: dict[str, int] | None = None  # LLM calls: prompt_tokens, completion_tokens, cached_tokens
+    serving: dict[str, Any] | None = None  # LLM calls: queue_delay_s, cached_tokens, pin_hit (program-aware engine)
 
     @property
     def duration_s(self) -> float:
@@ -136,6 +137,7 @@ def _record(state: RunState, node_id: str) -> NodeRecord:
         error=run.error,
         deps=run.node.deps,
         usage=dict(run.usage) if run.usage is not None else None,
+        serving=dict(run.serving) if run.serving is not None else None,
     )
 
 

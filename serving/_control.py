@@ -61,6 +61,10 @@ class SchedulerControl(Protocol):
         """Housekeeping while no request runs: expire pins, forget idle programs."""
         ...
 
+    def pop_request_facts(self, request_id: str) -> dict[str, Any] | None:
+        """What the scheduler did with a finished program request (queueing delay, cached tokens, pin hit); once."""
+        ...
+
 
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -249,7 +249,7 @@ class Driver:
             sink = self._sinks.get(output.request_id)
             if sink is None:  # aborted after this step's outputs were made
                 continue
-            chunk = _vllm.to_chunk(output)
+            chunk = _vllm.to_chunk(output, self.engine)
             if chunk.finished:
                 del self._sinks[output.request_id]
             if not sink.put(chunk) and not chunk.finished:

@@ -148,14 +148,19 @@ class PinKeeper:
     def release_all(self, why: Release, now_s: float) -> None:
         self.release(list(self.book), why, now_s)
 
-    def hand_off(self, pin_ids: Iterable[int], *, num_cached_tokens: int, program: ProgramState, now_s: float) -> None:
-        """The program's next request was scheduled and references the blocks it reused: its pins let go."""
+    def hand_off(self, pin_ids: Iterable[int], *, num_cached_tokens: int, program: ProgramState, now_s: float) -> bool:
+        """The program's next request was scheduled and references the blocks it reused: its pins let go.
+
+        Returns whether the request reused a pinned block (a pin hit).
+        """
         hits = [pin for pin_id in pin_ids if (pin := self.book.get(pin_id)) is not None]
-        if hits and num_cached_tokens > 0:
+        hit = bool(hits) and num_cached_tokens > 0
+        if hit:
             self._metrics.pins_hit += len(hits)
             self._metrics.hit_tokens += num_cached_tokens
             program.pins_hit += len(hits)
         self.release(hits, Release.HIT, now_s)
+        return hit
 
     def expire(self, now_s: float, pending: set[int]) -> None:
         """End pins past their TTL, except those a waiting request is about to reuse."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +82,7 @@ _GC_INTERVAL_S = 1.0
 _EXPECTED_DECODE_TOKENS_CAP = 256  # max_tokens is a cap, not a forecast: bound the decode estimate
 _MAX_REJECTION_LOGS = 20
 _STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
+_MAX_FACTS = 4096  # per-request facts kept for their callers
 
 
 @dataclass(slots=True)
@@ -190,6 +191,8 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._requeue_s = 0.0  # EWMA of program requests' queueing delay
         self._next_gc_s = 0.0
         self._rejections_logged = 0
+        # caller's request id -> what scheduling did to it (read once when it finishes; bounded)
+        self._facts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._apply_block_limit(self.clock.monotonic())
 
     # -- control plane (serving._control.SchedulerControl) -----------------------------------------
@@ -251,6 +254,10 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         now = self.clock.monotonic()
         self._pins.expire(now, self._pending_handoffs())
         self._collect_garbage(now, force=True)
+
+    def pop_request_facts(self, request_id: str) -> dict[str, Any] | None:
+        """What the scheduler did with a program request, by the id its caller gave; once (then forgotten)."""
+        return self._facts.pop(request_id, None)
 
     # -- for tests and benchmarks -------------------------------------------------------------------
 
@@ -443,7 +450,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             for new in output.scheduled_new_reqs:
                 tracked = self._tracked.get(new.req_id)
                 if tracked is not None and not tracked.admitted:
-                    self._admitted(tracked, new.num_computed_tokens, now)
+                    self._admitted(new.req_id, tracked, new.num_computed_tokens, now)
         if self._pins and output.total_num_scheduled_tokens == 0 and self.waiting and not self.running:
             self._unstall(now)
             wakeup_s = self.next_wakeup_s()
@@ -451,7 +458,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 # The head waits for an older program's pin to expire: do not spin empty steps meanwhile.
                 self.clock.sleep(min(wakeup_s, _STALL_NAP_S))
 
-    def _admitted(self, tracked: _Tracked, num_cached_tokens: int, now: float) -> None:
+    def _admitted(self, request_id: str, tracked: _Tracked, num_cached_tokens: int, now: float) -> None:
         tracked.admitted = True
         delay_s = now - tracked.arrival_s
         program = tracked.program
@@ -468,7 +475,15 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             delay_s=delay_s,
         )
         # Hand-off: the request now references the blocks it reused, so its pins can let go.
-        self._pins.hand_off(tracked.matches, num_cached_tokens=num_cached_tokens, program=program, now_s=now)
+        pin_hit = self._pins.hand_off(tracked.matches, num_cached_tokens=num_cached_tokens, program=program, now_s=now)
+        self._record_facts(
+            request_id, {"queue_delay_s": delay_s, "cached_tokens": num_cached_tokens, "pin_hit": pin_hit}
+        )
+
+    def _record_facts(self, request_id: str, facts: dict[str, Any]) -> None:
+        self._facts[_vllm.external_request_id(request_id)] = facts
+        while len(self._facts) > _MAX_FACTS:  # callers that never read theirs (servers) must not grow it
+            self._facts.popitem(last=False)
 
     # -- pins -------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["GenerationChunk", "GenerationResult", "QueueSnapshot"]
 
@@ -17,6 +19,9 @@ class GenerationChunk:
     finish_reason: str | None  # "stop", "length" or "abort" once finished
     num_prompt_tokens: int
     num_cached_tokens: int  # prompt tokens served from the prefix cache (0 until prefill ran)
+    # On the finished chunk of a program request: what the scheduler did with it (queue_delay_s,
+    # cached_tokens, pin_hit); None otherwise, and always with vLLM's stock scheduler.
+    serving: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -343,9 +343,12 @@ def shutdown(engine: LLMEngine) -> None:
     engine.engine_core.shutdown()
 
 
-def to_chunk(output: RequestOutput) -> GenerationChunk:
-    """The record agentflow hands to callers, from one DELTA `RequestOutput`."""
+def to_chunk(output: RequestOutput, engine: LLMEngine) -> GenerationChunk:
+    """The record agentflow hands to callers, from one DELTA `RequestOutput` (on the engine thread)."""
     completion = output.outputs[0]  # n=1 always
+    serving = None
+    if output.finished and (control := scheduler_control(engine)) is not None:
+        serving = control.pop_request_facts(output.request_id)
     return GenerationChunk(
         text=completion.text,
         token_ids=tuple(completion.token_ids),
@@ -353,6 +356,7 @@ def to_chunk(output: RequestOutput) -> GenerationChunk:
         finish_reason=completion.finish_reason,
         num_prompt_tokens=len(output.prompt_token_ids or ()),
         num_cached_tokens=output.num_cached_tokens or 0,
+        serving=serving,
     )
 
 

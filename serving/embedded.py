@@ -63,6 +63,7 @@ class EmbeddedBackend:
             prompt_tokens=last.num_prompt_tokens,
             completion_tokens=num_completion_tokens,
             cached_tokens=last.num_cached_tokens,
+            serving=dict(last.serving) if last.serving is not None else None,
         )
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:

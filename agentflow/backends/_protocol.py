@@ -41,6 +41,8 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # prompt tokens served from the prefix cache
+    # What a program-aware engine did with the call (queue_delay_s, cached_tokens, pin_hit), if it says.
+    serving: dict[str, Any] | None = None
 
 
 @runtime_checkable

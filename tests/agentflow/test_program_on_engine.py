@@ -74,3 +74,29 @@ async def test_program_metadata_reaches_the_scheduler(backend: EmbeddedBackend, 
     assert meta["turn"] == 0
     assert meta["next_tool"] == "shout"
     assert meta["deadline_at_s"] == pytest.approx(meta["program_arrival_s"] + 120)
+
+
+async def test_llm_calls_carry_what_the_scheduler_did_into_the_trace_and_the_spans(backend: EmbeddedBackend) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import agentflow
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agentflow.instrument(tracer_provider=provider)
+    try:
+        async with Program(model=backend, program_id="serving-facts") as p:
+            await shout(answer(lookup("Paris")))
+    finally:
+        agentflow.otel.uninstrument()
+    [record] = [r for r in p.result.trace.records if r.target == "answer"]
+    assert record.serving is not None and record.serving["queue_delay_s"] >= 0
+    assert record.serving["cached_tokens"] == record.usage["cached_tokens"]  # type: ignore[index]
+    assert record.serving["pin_hit"] is False  # its first turn: nothing was pinned for it yet
+    [chat] = [s for s in exporter.get_finished_spans() if s.name.startswith("chat ")]
+    assert chat.attributes["gen_ai.provider.name"] == "vllm"
+    assert chat.attributes["agentflow.serving.queue_delay_s"] >= 0 and "agentflow.serving.pin_hit" in chat.attributes
+    assert chat.attributes["gen_ai.usage.input_tokens"] > 0

@@ -36,6 +36,7 @@ EXPORTS: dict[str, set[str]] = {
         "ToolTimeoutError",
         "UserError",
         "__version__",
+        "instrument",
         "resolve_backend",
         "semantic_function",
         "tool",
@@ -58,6 +59,7 @@ EXPORTS: dict[str, set[str]] = {
         "describe_validation",
     },
     "agentflow.cli": {"add_bench", "build_parser", "main"},
+    "agentflow.otel": {"instrument", "is_instrumented", "uninstrument"},
     "agentflow.ir": {
         "TERMINAL_STATES",
         "CallGraph",

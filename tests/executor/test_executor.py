@@ -15,7 +15,7 @@ from agentflow.exceptions import CallFailedError, UserError
 from agentflow.ir import CallKind, CallNode, NodeState, ProgramFacts, Ref
 from agentflow.program import Program
 from agentflow.tools import ToolRegistry, tool
-from executor import Executor, Failure, RunResult, Trace
+from executor import Executor, Failure, NodeRun, RunResult, Trace
 
 # Every test runs under this limit: a hang is a failure, not a stuck suite.
 HANG_S = 5.0
@@ -633,12 +633,13 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
 
-    def on_node_start(self, program_id: str, node: CallNode) -> None:
-        self.events.append(("start", program_id, node.id))
+    def on_node_start(self, program_id: str, run: NodeRun) -> None:
+        assert run.state is NodeState.RUNNING
+        self.events.append(("start", program_id, run.node.id))
 
-    def on_node_end(self, program_id: str, node: CallNode, state: NodeState, duration_s: float) -> None:
-        assert duration_s >= 0
-        self.events.append(("end", node.id, state.value))
+    def on_node_end(self, program_id: str, run: NodeRun) -> None:
+        assert run.duration_s >= 0 and run.end_s is not None
+        self.events.append(("end", run.node.id, run.state.value))
 
 
 async def test_observers_see_every_start_and_end() -> None:
