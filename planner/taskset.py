@@ -216,7 +216,9 @@ def _iso(date: str) -> dt.date:
 def _city_tasks() -> list[tuple[str, str | float | int, int, int | None]]:
     """(text, answer, lookups, decimals) of the tasks over cities."""
     out: list[tuple[str, str | float | int, int, int | None]] = []
-    population = lambda n: _city(n, "population")  # noqa: E731
+
+    def population(name: str) -> int:
+        return int(_city(name, "population"))
     for names in (
         ("Paris", "Rome"),
         ("Tokyo", "Mumbai", "Istanbul"),
@@ -227,8 +229,8 @@ def _city_tasks() -> list[tuple[str, str | float | int, int, int | None]]:
     ):
         out.append((f"Which city has the most people: {_listing(names)}?", _most(names, population), len(names), None))
     for names in (("Paris", "Lisbon"), ("Sydney", "Istanbul", "Cairo"), ("Mumbai", "Seoul", "Madrid", "Toronto")):
-        answer = _most(names, lambda n: _city(n, "area_km2"), smallest=True)
-        out.append((f"Which city has the smallest area: {_listing(names)}?", answer, len(names), None))
+        smallest_city = _most(names, lambda n: _city(n, "area_km2"), smallest=True)
+        out.append((f"Which city has the smallest area: {_listing(names)}?", smallest_city, len(names), None))
     for names in (
         ("Tokyo", "Seoul"),
         ("Paris", "Berlin", "Madrid"),
@@ -236,8 +238,8 @@ def _city_tasks() -> list[tuple[str, str | float | int, int, int | None]]:
         ("Oslo", "Vienna", "Lisbon", "Rome", "Paris"),
         ("Tokyo", "Mumbai", "Seoul", "Istanbul", "Lagos", "Lima", "Cairo", "Bogota"),
     ):
-        answer = sum(population(n) for n in names)
-        out.append((f"What is the total population of {_listing(names)}?", answer, len(names), None))
+        summed = sum(population(n) for n in names)
+        out.append((f"What is the total population of {_listing(names)}?", summed, len(names), None))
     for names in (("Quito", "Bogota", "Mexico City"), ("Nairobi", "Madrid"), ("Paris", "Rome", "Berlin", "Oslo")):
         mean = sum(_city(n, "elevation_m") for n in names) / len(names)
         out.append((f"What is the average elevation, in metres, of {_listing(names)}?", round(mean, 2), len(names), 2))
