@@ -20,7 +20,7 @@ from typing import Any
 from agentflow.exceptions import BackendConfigError
 from agentflow.metadata import ProgramMetadata
 
-from ._protocol import Completion, LLMBackend, LLMRequest, ProgramAwareBackend
+from ._protocol import Completion, LLMBackend, LLMRequest, ProgramAwareBackend, ToolCall
 
 __all__ = [
     "EMBEDDED_BACKEND",
@@ -30,6 +30,7 @@ __all__ = [
     "LLMRequest",
     "ProgramAwareBackend",
     "ProgramMetadata",
+    "ToolCall",
     "resolve_backend",
 ]
 

@@ -8,20 +8,46 @@ from typing import Any, Protocol, runtime_checkable
 
 from agentflow.metadata import ProgramMetadata
 
-__all__ = ["Completion", "LLMBackend", "LLMRequest", "ProgramAwareBackend"]
+__all__ = ["Completion", "LLMBackend", "LLMRequest", "ProgramAwareBackend", "ToolCall"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """A function call the model made natively (OpenAI's `tool_calls`, Qwen/Hermes `<tool_call>`)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_message(self) -> dict[str, Any]:
+        """The call as an entry of an assistant message's `tool_calls` (OpenAI's chat format)."""
+        import json
+
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LLMRequest:
-    """One LLM call: a raw prompt or chat messages, sampling options, constraints, metadata."""
+    """One LLM call: a raw prompt or chat messages, sampling options, constraints, tools, metadata.
+
+    `messages` are OpenAI chat messages (an assistant message may carry `tool_calls`, a `tool`
+    message the result of one). `tools` are OpenAI function-tool specs (`Tool.openai_schema()`):
+    the model may answer with native tool calls, which come back in `Completion.tool_calls`.
+    """
 
     prompt: str | None = None
-    messages: tuple[dict[str, str], ...] | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
     max_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # EBNF for constrained decoding, where the backend supports it
     json_schema: dict[str, Any] | None = None  # JSON schema constraint, where supported
+    tools: tuple[dict[str, Any], ...] | None = None  # native tool calling: OpenAI function-tool specs
+    tool_choice: str | None = None  # "auto" (default with tools), "required" or "none", where supported
     metadata: ProgramMetadata | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific passthrough
 
@@ -30,6 +56,8 @@ class LLMRequest:
             raise ValueError("LLMRequest needs exactly one of prompt or messages")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("native tool calling needs chat messages, not a raw prompt")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +71,8 @@ class Completion:
     cached_tokens: int | None = None  # prompt tokens served from the prefix cache
     # What a program-aware engine did with the call (queue_delay_s, cached_tokens, pin_hit), if it says.
     serving: dict[str, Any] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # native tool calls, when the request offered tools
+    tool_call_error: str | None = None  # the output looked like a tool call but did not parse: why
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ from typing import Any
 from agentflow.exceptions import EngineError, EngineUnavailableError
 
 from ._protocol import Completion, LLMRequest
+from .openai_compat import tool_calls_of
 
 __all__ = ["LiteLLMBackend"]
 
@@ -38,6 +39,10 @@ class LiteLLMBackend:
         }
         if request.stop:
             kwargs["stop"] = list(request.stop)
+        if request.tools is not None:
+            kwargs["tools"] = list(request.tools)
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
         if request.json_schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -58,11 +63,14 @@ class LiteLLMBackend:
             raise EngineError(f"{self.name}: {exc}") from exc
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
+        tool_calls, tool_call_error = tool_calls_of(getattr(choice.message, "tool_calls", None))
         return Completion(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            tool_calls=tool_calls,
+            tool_call_error=tool_call_error,
         )
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:

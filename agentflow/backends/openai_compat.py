@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 from agentflow.exceptions import EngineError
 
-from ._protocol import Completion, LLMRequest
+from ._protocol import Completion, LLMRequest, ToolCall
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -43,6 +44,10 @@ class OpenAICompatBackend:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
+        if request.tools is not None:
+            params["tools"] = list(request.tools)
+            if request.tool_choice is not None:
+                params["tool_choice"] = request.tool_choice
         if request.stop:
             params["stop"] = list(request.stop)
         extra: dict[str, Any] = dict(request.extra)
@@ -72,9 +77,11 @@ class OpenAICompatBackend:
                 chat = await self._client.chat.completions.create(messages=_messages(request.messages), **params)
                 choice = chat.choices[0]
                 text, finish, usage = choice.message.content or "", choice.finish_reason, chat.usage
+                tool_calls, tool_call_error = tool_calls_of(choice.message.tool_calls)
             else:
                 comp = await self._client.completions.create(prompt=request.prompt or "", **params)
                 text, finish, usage = comp.choices[0].text, comp.choices[0].finish_reason, comp.usage
+                tool_calls, tool_call_error = (), None
         except openai.OpenAIError as exc:
             raise EngineError(f"{self.name}: {exc}") from exc
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
@@ -84,6 +91,8 @@ class OpenAICompatBackend:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             cached_tokens=getattr(details, "cached_tokens", None) if details else None,
+            tool_calls=tool_calls,
+            tool_call_error=tool_call_error,
         )
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
@@ -112,6 +121,27 @@ class OpenAICompatBackend:
         await self._client.close()
 
 
-def _messages(messages: tuple[dict[str, str], ...]) -> list[ChatCompletionMessageParam]:
+def _messages(messages: tuple[dict[str, Any], ...]) -> list[ChatCompletionMessageParam]:
     # Role/content dicts as the caller wrote them; the server validates roles.
     return cast("list[ChatCompletionMessageParam]", list(messages))
+
+
+def tool_calls_of(raw: Any) -> tuple[tuple[ToolCall, ...], str | None]:
+    """OpenAI-format tool calls (objects or dicts) -> `ToolCall`s, and why any did not parse."""
+    calls: list[ToolCall] = []
+    problems: list[str] = []
+    for index, call in enumerate(raw or ()):
+        function = call["function"] if isinstance(call, dict) else call.function
+        name = function["name"] if isinstance(function, dict) else function.name
+        arguments = function["arguments"] if isinstance(function, dict) else function.arguments
+        call_id = (call.get("id") if isinstance(call, dict) else call.id) or f"call_{index}"
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError as exc:
+            problems.append(f"{name}: arguments are not JSON ({exc})")
+            continue
+        if not isinstance(parsed, dict):
+            problems.append(f"{name}: arguments must be a JSON object, got {type(parsed).__name__}")
+            continue
+        calls.append(ToolCall(id=str(call_id), name=str(name), arguments=parsed))
+    return tuple(calls), "; ".join(problems) or None

@@ -1,0 +1,64 @@
+"""Native tool calls read from model text (Qwen2.5/Hermes `<tool_call>` blocks), and from OpenAI-format replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentflow.backends import ToolCall
+from agentflow.backends.openai_compat import tool_calls_of
+from serving._tool_calls import parse_tool_calls
+
+
+def test_text_without_calls_is_content() -> None:
+    parsed = parse_tool_calls("  Paris is the capital.  ")
+    assert parsed.content == "Paris is the capital." and parsed.calls == () and parsed.error is None
+
+
+def test_parallel_calls_and_the_words_before_them() -> None:
+    text = (
+        "I'll look both up.\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n'
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>'
+    )
+    parsed = parse_tool_calls(text)
+    assert parsed.content == "I'll look both up." and parsed.error is None
+    assert parsed.calls == (
+        ToolCall(id="call_0", name="get_weather", arguments={"city": "Paris"}),
+        ToolCall(id="call_1", name="get_weather", arguments={"city": "Rome"}),
+    )
+
+
+def test_a_call_cut_off_by_the_token_limit_is_still_read() -> None:
+    parsed = parse_tool_calls('<tool_call>\n{"name": "f", "arguments": {"x": 1}}')
+    assert parsed.calls == (ToolCall(id="call_0", name="f", arguments={"x": 1}),)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("<tool_call>\nget_weather(city='Paris')\n</tool_call>", "not JSON"),
+        ('<tool_call>["f"]</tool_call>', "not a JSON object"),
+        ('<tool_call>{"arguments": {}}</tool_call>', "no function name"),
+        ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', "arguments must be a JSON object"),
+        ('<tool_call>{"name": "f", "arguments": "{bad"}</tool_call>', "arguments are not JSON"),
+    ],
+)
+def test_what_does_not_parse_says_why(text: str, problem: str) -> None:
+    parsed = parse_tool_calls(text)
+    assert parsed.calls == () and parsed.error is not None and problem in parsed.error
+
+
+def test_one_bad_call_among_good_ones_keeps_the_good_ones() -> None:
+    parsed = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>oops</tool_call>')
+    assert [c.name for c in parsed.calls] == ["f"] and parsed.error is not None and "tool call 2" in parsed.error
+
+
+def test_openai_format_tool_calls() -> None:
+    raw = [
+        {"id": "a", "function": {"name": "f", "arguments": '{"x": 1}'}},
+        {"id": "b", "function": {"name": "g", "arguments": "nope"}},
+    ]
+    calls, error = tool_calls_of(raw)
+    assert calls == (ToolCall(id="a", name="f", arguments={"x": 1}),)
+    assert error is not None and "g: arguments are not JSON" in error
+    assert calls[0].to_message() == {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
