@@ -73,6 +73,7 @@ EXPORTS: dict[str, set[str]] = {
         "resolve_value",
     },
     "agentflow.tools": {"Tool", "ToolRegistry", "build_arguments_model", "tool"},
+    "agentflow.schema_tools": {"SchemaTool", "declared_type", "json_schema_type", "openai_parameters", "python_type"},
     "agentflow.semantic": {"SemanticFunction", "SemanticVariable", "semantic_function"},
     "agentflow.exceptions": {
         "AgentflowError",
