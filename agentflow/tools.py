@@ -13,10 +13,14 @@ function; inside one, it schedules a call and returns a `SemanticVariable` at on
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 
@@ -25,10 +29,10 @@ import pydantic
 from agentflow import _context
 from agentflow._docstring import parse_docstring
 from agentflow.calls import CallContext
-from agentflow.exceptions import ArgumentValidationError, ToolDefinitionError, UnknownToolError
+from agentflow.exceptions import ArgumentValidationError, ToolDefinitionError, UnknownToolError, UserError
 from agentflow.ir import CallKind
 
-__all__ = ["Tool", "ToolRegistry", "build_arguments_model", "tool"]
+__all__ = ["Tool", "ToolRegistry", "build_arguments_model", "load_tools_module", "tool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -233,6 +237,25 @@ class ToolRegistry:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def load_tools_module(spec: str) -> ModuleType:
+    """Import `spec`, a module that defines tools (`--tools` of the CLI): a dotted module name or a `.py` path."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"--tools {spec}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"--tools {spec}: cannot load this file as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"--tools {spec}: cannot import {exc.name!r}; give a module name or a .py path") from exc
 
 
 # -- schema building ------------------------------------------------------------------------------

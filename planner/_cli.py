@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -15,7 +13,7 @@ from typing import Any
 
 from agentflow.backends import LLMBackend
 from agentflow.exceptions import UserError
-from agentflow.tools import ToolRegistry
+from agentflow.tools import ToolRegistry, load_tools_module
 
 __all__ = ["load_tools_module", "planner_examples", "register", "run_command"]
 
@@ -44,25 +42,6 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--num-tasks", type=int, default=24, help="tasks for the plan validity figures (default 24)")
     bench.add_argument("--model", default=None, help="model string for the real-model figures (default: embedded)")
     bench.add_argument("--seed", type=int, default=0)
-
-
-def load_tools_module(spec: str) -> ModuleType:
-    """Import `spec`: a dotted module name or a path to a `.py` file."""
-    path = Path(spec)
-    if spec.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"--tools {spec}: no such file")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserError(f"--tools {spec}: cannot load this file as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(spec)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"--tools {spec}: cannot import {exc.name!r}; give a module name or a .py path") from exc
 
 
 def planner_examples(module: ModuleType) -> list[Any] | None:

@@ -72,7 +72,7 @@ EXPORTS: dict[str, set[str]] = {
         "iter_refs",
         "resolve_value",
     },
-    "agentflow.tools": {"Tool", "ToolRegistry", "build_arguments_model", "tool"},
+    "agentflow.tools": {"Tool", "ToolRegistry", "build_arguments_model", "load_tools_module", "tool"},
     "agentflow.schema_tools": {"SchemaTool", "declared_type", "json_schema_type", "openai_parameters", "python_type"},
     "agentflow.semantic": {"SemanticFunction", "SemanticVariable", "semantic_function"},
     "agentflow.exceptions": {
