@@ -28,7 +28,7 @@ from agentflow.backends import LLMRequest
 from agentflow.calls import CallContext
 from agentflow.exceptions import EngineError, ToolDefinitionError, ToolError, UserError
 from agentflow.ir import CallKind, NodeState, Ref
-from agentflow.tools import _check_options, build_arguments_model, validate_arguments
+from agentflow.tools import _check_options, _clean_schema, build_arguments_model, validate_arguments
 
 if TYPE_CHECKING:
     from agentflow.program import Program
@@ -112,6 +112,18 @@ class SemanticFunction:
         _check_template(self.name, self.template, set(self.signature.parameters))
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
+
+    @property
+    def parameters_schema(self) -> dict[str, Any]:
+        """JSON schema of the arguments object (the template's parameters)."""
+        return _clean_schema(self.arguments_model.model_json_schema())
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The function in OpenAI's function-calling format, as a tool's (an MCP server lists it so)."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters_schema},
+        }
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         return validate_arguments(self.name, self.signature, self.arguments_model, args, kwargs)

@@ -83,6 +83,17 @@ def test_options_and_multiline_templates() -> None:
     assert request.json_schema is None and request.metadata is None
 
 
+def test_openai_schema_lists_the_template_parameters() -> None:
+    function = title.openai_schema()["function"]
+    assert function["name"] == "title_of" and function["description"] == "Give a {style} title for:"
+    assert function["parameters"] == title.parameters_schema
+    assert function["parameters"]["properties"] == {
+        "text": {"type": "string"},
+        "style": {"default": "plain", "type": "string"},
+    }
+    assert function["parameters"]["required"] == ["text"]
+
+
 def test_template_option_overrides_the_docstring() -> None:
     @semantic_function(template="Translate {text} to French.")
     def translate(text: str) -> str:
