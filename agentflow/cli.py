@@ -20,7 +20,14 @@ from agentflow.exceptions import AgentflowError
 
 __all__ = ["add_bench", "build_parser", "main"]
 
-_COMMAND_MODULES = ("agentflow._cli_core", "executor._cli", "planner._cli", "serving._cli", "workloads._cli")
+_COMMAND_MODULES = (
+    "agentflow._cli_core",
+    "agentflow._mcp_cli",
+    "executor._cli",
+    "planner._cli",
+    "serving._cli",
+    "workloads._cli",
+)
 
 _bench_subparsers: Any = None  # the `bench` command's subparsers, while a parser is being built
 

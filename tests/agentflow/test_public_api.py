@@ -74,6 +74,7 @@ EXPORTS: dict[str, set[str]] = {
     },
     "agentflow.tools": {"Tool", "ToolRegistry", "build_arguments_model", "load_tools_module", "tool"},
     "agentflow.schema_tools": {"SchemaTool", "declared_type", "json_schema_type", "openai_parameters", "python_type"},
+    "agentflow.mcp": {"McpTool", "McpToolset", "mcp_server", "mcp_tools", "serve_mcp"},
     "agentflow.semantic": {"SemanticFunction", "SemanticVariable", "semantic_function"},
     "agentflow.exceptions": {
         "AgentflowError",
