@@ -1,4 +1,4 @@
-"""`agentflow mcp serve`: a module's tools as an MCP server.
+"""`agentflow mcp serve` (a module's tools as an MCP server) and `agentflow bench mcp`.
 
 Nothing here imports `mcp` until a command runs, so building the CLI's parser stays cheap.
 """
@@ -34,6 +34,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--model", default=None, help="model string for semantic functions (default: embedded)")
     serve.set_defaults(func=_serve)
 
+    from agentflow.cli import add_bench
+
+    bench = add_bench("mcp", "MCP tool call overhead vs a direct call; parallel MCP calls in one program", _bench)
+    bench.add_argument("--calls", type=int, default=200, help="sequential calls timed per path (default 200)")
+    bench.add_argument("--parallel", type=int, default=8, help="independent sleeping calls run together (default 8)")
+    bench.add_argument("--sleep-s", type=float, default=0.2, help="how long each of those sleeps (default 0.2)")
+
 
 def _serve(args: argparse.Namespace) -> int:
     from agentflow.mcp import serve_mcp
@@ -65,3 +72,9 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from agentflow._mcp_bench import run_mcp_bench
+
+    return run_mcp_bench(num_calls=args.calls, num_parallel=args.parallel, sleep_s=args.sleep_s)

@@ -345,3 +345,12 @@ def test_import_agentflow_and_its_cli_load_no_mcp() -> None:
     )
     result = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_bench_runs_small() -> None:
+    from agentflow._mcp_bench import run_mcp_bench
+
+    report = run_mcp_bench(num_calls=5, num_parallel=3, sleep_s=0.1)
+    figures = report["figures"]
+    assert figures["mcp_us_p50"] > 0 and figures["direct_us_p50"] > 0 and figures["parallel_calls"] == 3
+    assert report["all_pass"] == (figures["parallel_ratio"] <= 1.2)
