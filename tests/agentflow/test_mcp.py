@@ -244,6 +244,27 @@ async def test_server_strings_and_unreachable_servers() -> None:
             await mcp_tools(silent, connect_timeout_s=0.5)
 
 
+async def test_program_closes_registered_resources_last_first_and_survives_a_failing_one() -> None:
+    closed: list[str] = []
+
+    class Resource:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def aclose(self) -> None:
+            closed.append(self.name)
+            if self.name == "bad":
+                raise RuntimeError("cannot close")
+
+    async with Program() as p:
+        for name in ("first", "bad", "last"):
+            p.close_on_exit(Resource(name))
+        assert closed == []
+    assert closed == ["last", "bad", "first"] and p.result.ok
+    with pytest.raises(UserError, match="has ended"):
+        p.close_on_exit(Resource("late"))
+
+
 # -- MCP tools in: streamable HTTP ------------------------------------------------------------------------
 
 
