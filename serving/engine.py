@@ -32,7 +32,7 @@ from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
 from serving._driver import Abort, Driver, Pause, RunOnEngine, Sink, Submit, copy_error
 from serving._knobs import EngineLimits, parse_knobs
 from serving._types import GenerationChunk, GenerationResult, QueueSnapshot
-from serving.models import default_model_dir, prepare_default_model
+from serving.models import default_model_dir, prepare_model, spec_for_dir
 
 __all__ = [
     "PROGRAM_AWARE_SCHEDULER",
@@ -52,7 +52,7 @@ _SHUTDOWN_TIMEOUT_S = 30.0
 class EngineConfig:
     """How to build the embedded engine. Equal configs share one engine per process."""
 
-    model_dir: Path | None = None  # None: the default model (converted on first start)
+    model_dir: Path | None = None  # None: the default model; catalog models are prepared on first start
     kv_cache_bytes: int = 1 * _GiB  # SmolLM2-135M: 23,040 B/token in bf16 -> ~46k tokens
     max_model_len: int = 4096
     block_size: int = 32  # tokens per KV block; vLLM's CPU backend wants a multiple of 32
@@ -424,8 +424,9 @@ class EmbeddedEngine:
     def _model_dir(self) -> Path:
         model_dir = self.config.model_dir
         assert model_dir is not None  # EngineConfig resolves None
-        if model_dir == default_model_dir().absolute():
-            return prepare_default_model(model_dir=model_dir)  # instant once converted
+        spec = spec_for_dir(model_dir)
+        if spec is not None:  # a catalog model: prepared on first use, instant after
+            return prepare_model(spec, model_dir=model_dir).path
         if not (model_dir / "config.json").is_file():
             # vLLM would take the path for a hub repo id and fail obscurely.
             raise BackendConfigError(
