@@ -15,15 +15,18 @@ from typing import Any
 from agentflow.backends import Completion, LLMRequest
 from agentflow.exceptions import UserError
 from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk
+from serving.models import CATALOG, catalog_dir, lookup
 
-__all__ = ["EmbeddedBackend"]
+__all__ = ["EmbeddedBackend", "model_path"]
 
 
 class EmbeddedBackend:
     """`LLMBackend` over the process-wide embedded engine for its configuration.
 
-    `model_dir=None` serves the default SmolLM2-135M-Instruct, converted from the shipped GGUF
-    on the engine's first start. `engine_options` are `EngineConfig` fields
+    `model_dir=None` serves the default catalog model (SmolLM2-135M-Instruct); a catalog name
+    (`"qwen2.5-coder-1.5b"`, see `serving.models.CATALOG`) serves that model, prepared on the
+    engine's first start; a path (with a `/`, or an existing directory) serves a local Hugging
+    Face model directory. `engine_options` are `EngineConfig` fields
     (`kv_cache_bytes`, `max_model_len`, `scheduler_cls`, ...). Backends with equal options
     share one engine.
 
@@ -35,9 +38,13 @@ class EmbeddedBackend:
     supports_grammar = True
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, **engine_options: Any) -> None:
-        """Bind to the shared engine for these options; nothing starts until the first call."""
+        """Bind to the shared engine for these options; nothing starts until the first call.
+
+        Raises:
+            BackendConfigError: `model_dir` is neither a catalog name nor a path; the message lists the catalog.
+        """
         try:
-            config = EngineConfig(model_dir=None if model_dir is None else Path(model_dir), **engine_options)
+            config = EngineConfig(model_dir=model_path(model_dir), **engine_options)
         except TypeError as exc:  # an option EngineConfig does not have
             raise UserError(f"bad embedded engine option: {exc}") from exc
         self.engine = EmbeddedEngine.shared(config)
@@ -115,3 +122,21 @@ class EmbeddedBackend:
             await asyncio.to_thread(lambda: self.engine.tokenizer)
             self._tokenizer_loaded = True
         return self.engine.apply_chat_template(request.messages)
+
+
+def model_path(model: str | os.PathLike[str] | None) -> Path | None:
+    """The directory `embedded:MODEL` names: None (the default), a catalog model's, or a local path.
+
+    A string with a `/`, or starting with `~` or `.`, is a path; so is an existing directory.
+    Any other string is a catalog name.
+
+    Raises:
+        BackendConfigError: an unknown name; the message lists the catalog.
+    """
+    if model is None:
+        return None
+    if not isinstance(model, str) or model.startswith(("~", ".")) or "/" in model or os.sep in model:
+        return Path(model)
+    if model in CATALOG or not Path(model).is_dir():
+        return catalog_dir(lookup(model))
+    return Path(model)

@@ -3,12 +3,15 @@
 | model string                    | backend                                              |
 |---------------------------------|------------------------------------------------------|
 | `embedded` (default)            | in-process vLLM on SmolLM2-135M-Instruct             |
+| `embedded:NAME`                 | in-process vLLM on a catalog model (prepared once)   |
 | `embedded:/path/to/model`       | in-process vLLM on a local Hugging Face model dir    |
 | `vllm:MODEL@http://host:8000/v1`| a vLLM server (grammar + program metadata forwarded) |
 | `openai:MODEL[@BASE_URL]`       | any OpenAI-compatible server (`OPENAI_BASE_URL`)     |
 | `litellm:PROVIDER/MODEL`        | any provider litellm supports                        |
 
-`AGENTFLOW_MODEL` sets the default string.
+`AGENTFLOW_MODEL` sets the default string. The catalog of `NAME`s (e.g. `qwen2.5-coder-1.5b`) is
+`serving.models.CATALOG` (`agentflow prepare-model --list`); an unknown name is a
+`BackendConfigError` that lists it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ MODEL_ENV = "AGENTFLOW_MODEL"
 # The embedded engine lives in the serving package, above the SDK: it is loaded by name, on
 # first use, so importing agentflow never imports serving (or vLLM).
 EMBEDDED_BACKEND = "serving.embedded:EmbeddedBackend"
-_FORMS = "embedded, embedded:/model/dir, vllm:MODEL@URL, openai:MODEL[@URL], litellm:PROVIDER/MODEL"
+_FORMS = "embedded, embedded:NAME, embedded:/model/dir, vllm:MODEL@URL, openai:MODEL[@URL], litellm:PROVIDER/MODEL"
 
 
 def resolve_backend(model: str | LLMBackend | None = None) -> LLMBackend:
