@@ -9,7 +9,7 @@ from typing import Any
 
 from agentflow.exceptions import UserError
 
-__all__ = ["register"]
+__all__ = ["identify_knobs", "register"]
 
 _GiB = 1024**3
 
@@ -47,6 +47,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--max-num-seqs", type=int, default=64)
     serve.add_argument("--block-size", type=int, default=32, help="tokens per KV block (a multiple of 32 on CPU)")
     serve.add_argument("--scheduler-knobs", default=None, help="scheduler knobs as JSON, e.g. '{\"fixed_ttl_s\": 2}'")
+    serve.add_argument(
+        "--identify-by",
+        default="fields,session,chain",
+        help="how a request's program is known, any of fields (agentflow's program fields), session (x-session-id, "
+        "x-dynamo-session-id, the body's session_id, prompt_cache_key, user), chain (its prompt extends a "
+        "finished request's prompt and output); default: all three; 'none' for none",
+    )
     serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
     serve.set_defaults(func=_serve)
@@ -90,6 +97,9 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.models import prepare_default_model
 
     knobs = _knobs(args.scheduler_knobs, max_model_len=args.max_model_len, block_size=args.block_size)
+    identify = identify_knobs(args.identify_by)
+    if any(not on for on in identify.values()):
+        knobs = {**identify, **(knobs or {})}  # explicit --scheduler-knobs win
     extra = [a for a in args.vllm_args if a != "--"]
     model_dir = args.model_dir.expanduser().absolute() if args.model_dir else prepare_default_model()
     if not (model_dir / "config.json").is_file():
@@ -110,6 +120,19 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+_IDENTITIES = ("fields", "session", "chain")
+
+
+def identify_knobs(text: str) -> dict[str, bool]:
+    """`--identify-by fields,session,chain` as the knobs `identify_by_*`."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if names == {"none"}:
+        names = set()
+    if unknown := sorted(names - set(_IDENTITIES)):
+        raise UserError(f"--identify-by: unknown {', '.join(unknown)}; choose from {', '.join(_IDENTITIES)} or none")
+    return {f"identify_by_{name}": name in names for name in _IDENTITIES}
 
 
 def _knobs(text: str | None, *, max_model_len: int, block_size: int) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ __all__ = [
     "growth_reserve_blocks",
     "latest_start_s",
     "MAX_DEADLINE_AHEAD_S",
+    "MIN_P_NEXT_FIXED_TTL",
     "memory_price_per_s",
     "plain_key",
     "queue_key",
@@ -53,6 +54,9 @@ class TtlChoice:
     cost_per_s: float  # memory cost of holding the pin, seconds of value per second
 
 
+MIN_P_NEXT_FIXED_TTL = 0.5  # a fixed TTL pins a recognised program's turn only if a next turn is likelier than not
+
+
 def memory_price_per_s(kv_usage: float, weight: float) -> float:
     """lambda(u): the share of a pin's value its memory costs per second held, rising with usage."""
     u = min(max(kv_usage, 0.0), 1.0)
@@ -66,27 +70,36 @@ def choose_ttl(
     requeue_s: float,
     kv_usage: float,
     knobs: SchedulerKnobs,
+    p_next: float = 1.0,
 ) -> TtlChoice:
-    """tau* = argmax over a grid of P(D <= tau) * value - tau * cost; the slack is added on top.
+    """tau* = argmax over a grid of P(next turn within tau) * value - tau * cost; the slack is added on top.
 
-    Memory cost = blocks held x a per-block price; the price is the block's share of the
-    re-prefill cost times lambda(u), so cost = lambda(u) * reprefill_s per second held.
+    P(next turn within tau) = p_next * P(D <= tau): `p_next` is the probability that a next turn
+    comes at all (1 when the program named the tool that runs next; learned for programs the
+    scheduler recognised by their session or prompt chain). Memory cost = blocks held x a
+    per-block price; the price is the block's share of the re-prefill cost times lambda(u), so
+    cost = lambda(u) * reprefill_s per second held. A fixed TTL pins only turns more likely
+    continued than not.
     """
     value_s = reprefill_s + requeue_s
     cost_per_s = memory_price_per_s(kv_usage, knobs.memory_price_weight) * reprefill_s
     if knobs.fixed_ttl_s is not None:
-        return TtlChoice(ttl_s=knobs.fixed_ttl_s, p_done=dist.cdf(knobs.fixed_ttl_s), value_s=value_s, cost_per_s=0.0)
-    if value_s <= 0:
+        ttl_s = knobs.fixed_ttl_s if p_next >= MIN_P_NEXT_FIXED_TTL else 0.0
+        return TtlChoice(ttl_s=ttl_s, p_done=p_next * dist.cdf(knobs.fixed_ttl_s), value_s=value_s, cost_per_s=0.0)
+    if value_s <= 0 or p_next <= 0:
         return TtlChoice(ttl_s=0.0, p_done=0.0, value_s=value_s, cost_per_s=cost_per_s)
     best_tau, best_gain = 0.0, 0.0
     for tau in _tau_grid(dist, knobs.tau_max_s):
-        gain = dist.cdf(tau) * value_s - tau * cost_per_s
+        gain = p_next * dist.cdf(tau) * value_s - tau * cost_per_s
         if gain > best_gain + 1e-12:
             best_tau, best_gain = tau, gain
     if best_tau <= 0:
         return TtlChoice(ttl_s=0.0, p_done=0.0, value_s=value_s, cost_per_s=cost_per_s)
     return TtlChoice(
-        ttl_s=best_tau + knobs.handoff_slack_s, p_done=dist.cdf(best_tau), value_s=value_s, cost_per_s=cost_per_s
+        ttl_s=best_tau + knobs.handoff_slack_s,
+        p_done=p_next * dist.cdf(best_tau),
+        value_s=value_s,
+        cost_per_s=cost_per_s,
     )
 
 

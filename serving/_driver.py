@@ -60,6 +60,7 @@ class Submit:
     params: Any  # vllm.SamplingParams, built by serving._vllm
     priority: int
     sink: Sink
+    session_id: str | None = None  # vLLM's `Request.session_id` (what the server sets from a session header)
 
 
 @dataclass(slots=True)
@@ -233,6 +234,7 @@ class Driver:
                 prompt=command.prompt,
                 params=command.params,
                 priority=command.priority,
+                session_id=command.session_id,
             )
         except Exception as exc:  # a bad request fails alone; the engine goes on
             command.sink.put(EngineError(f"the engine rejected the request: {type(exc).__name__}: {exc}"))

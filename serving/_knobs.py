@@ -17,6 +17,13 @@ A change that fails validation changes nothing. Numbers must be finite and withi
 - `program_idle_gc_s` (600): programs with nothing live are forgotten after this long.
 - `reserve_turns` (8): admission control; a program with nothing resident is admitted only if
   older resident programs keep room for this many turns of their context growth (0: off).
+- `identify_by_fields` (True), `identify_by_session` (True), `identify_by_chain` (True): how a
+  request is known to belong to a program, in this order: agentflow's program fields; a session
+  id (`x-session-id`, `x-dynamo-session-id`, the body's `session_id`, `prompt_cache_key`, `user`);
+  its prompt extending a recently finished request's prompt and output (`serving._chains`).
+  Programs known by a session or a chain are pinned by the learned gap between their turns.
+- `chain_horizon_s` (120): a finished request no next turn has extended within this long counts
+  as a program's last (it teaches the scheduler how often turns are continued at all).
 - `kv_block_limit` (None): cap the usable KV blocks at runtime by holding the rest back
   (tests and benchmarks emulate a smaller cache without a second engine); must stay above
   `max_model_len / block_size`.
@@ -74,6 +81,10 @@ class SchedulerKnobs(BaseModel):
     min_tool_samples: int = Field(default=5, ge=1, le=10_000)
     tool_window: int = Field(default=256, ge=1, le=100_000)  # recent durations kept per tool
     program_idle_gc_s: float = Field(default=600.0, gt=0, le=7 * 24 * _HOUR_S, allow_inf_nan=False)
+    identify_by_fields: bool = True  # agentflow's program fields
+    identify_by_session: bool = True  # a session id sent with the request
+    identify_by_chain: bool = True  # the prompt extends a recently finished request's prompt + output
+    chain_horizon_s: float = Field(default=120.0, gt=0, le=7 * 24 * _HOUR_S, allow_inf_nan=False)
     kv_block_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # usable KV blocks (a smaller cache)
     # Admission control: a program with nothing resident (no pin, nothing running) is admitted only
     # if, beside it, older resident programs keep room for this many turns of their context growth.

@@ -31,8 +31,10 @@ class ServingMetrics:
     pinned_block_s: float = 0.0  # integral of blocks held over time
     hit_tokens: int = 0  # cached prompt tokens of requests that used a pin
     ttl_sum_s: float = 0.0
-    requests_with_metadata: int = 0
-    requests_without_metadata: int = 0
+    requests_with_metadata: int = 0  # known by agentflow's program fields
+    requests_by_session: int = 0  # known by a session id
+    requests_by_chain: int = 0  # known by their prompt extending a finished request's
+    requests_without_metadata: int = 0  # plain: scheduled as vLLM would
     metadata_rejected: int = 0
     requests_held: int = 0  # program requests admission control kept waiting at least one step
     queue_delay_sum_s: float = 0.0
@@ -41,6 +43,15 @@ class ServingMetrics:
     by_turn: dict[int, TurnStats] = field(default_factory=dict)
     admissions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=512))
     recent_pins: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))  # TTL decisions
+
+    def count_identity(self, identity: str) -> None:
+        """A program request, by how its program was known (`serving._scheduler.Identity`)."""
+        if identity == "fields":
+            self.requests_with_metadata += 1
+        elif identity == "session":
+            self.requests_by_session += 1
+        else:
+            self.requests_by_chain += 1
 
     def count_release(self, why: str) -> None:
         self.released[why] = self.released.get(why, 0) + 1
@@ -104,6 +115,8 @@ class ServingMetrics:
             },
             "requests": {
                 "with_metadata": self.requests_with_metadata,
+                "by_session": self.requests_by_session,
+                "by_chain": self.requests_by_chain,
                 "without_metadata": self.requests_without_metadata,
                 "metadata_rejected": self.metadata_rejected,
                 "held_by_admission_control": self.requests_held,

@@ -40,6 +40,8 @@ Knobs: `serving._knobs` (what each does, and every way to set them).
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import logging
 import math
 import time
@@ -49,13 +51,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentflow.exceptions import MetadataError
-from agentflow.metadata import ProgramMetadata
+from agentflow.metadata import MAX_NAME_CHARS, ProgramMetadata
 from serving import _vllm
 from serving._admission import QueuedRequest, ResidentProgram, requests_to_hold
 from serving._books import ProgramState, ProgramTable
+from serving._chains import ChainIndex, GapModel, Link
 from serving._decisions import (
     Key,
     Rank,
+    TtlChoice,
     choose_ttl,
     latest_start_s,
     plain_key,
@@ -63,7 +67,7 @@ from serving._decisions import (
     rank_of,
     trusted_deadline_s,
 )
-from serving._estimators import StepTimeModel, ToolDurationPredictor
+from serving._estimators import DurationDistribution, StepTimeModel, ToolDurationPredictor
 from serving._knobs import EngineLimits, SchedulerKnobs, parse_knobs
 from serving._metrics import ServingMetrics
 from serving._pinning import HeldBackBlocks, PinKeeper, Release
@@ -83,6 +87,15 @@ _EXPECTED_DECODE_TOKENS_CAP = 256  # max_tokens is a cap, not a forecast: bound 
 _MAX_REJECTION_LOGS = 20
 _STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
 _MAX_FACTS = 4096  # per-request facts kept for their callers
+_TRACK_NEW_CHAINS_P_NEXT = 0.5  # a request that continues nothing starts a program once most turns are continued
+
+
+class Identity(enum.StrEnum):
+    """How the scheduler knows which program a request belongs to (`SchedulerKnobs.identify_by_*`)."""
+
+    FIELDS = "fields"  # agentflow's program fields
+    SESSION = "session"  # a session id, then its prompt chain within the session
+    CHAIN = "chain"  # its prompt extends a recently finished request's prompt and output
 
 
 @dataclass(slots=True)
@@ -100,6 +113,8 @@ class _Tracked:
     """A live request that carries program metadata."""
 
     metadata: ProgramMetadata
+    identity: Identity
+    session: str | None  # a digest of its session id
     program: ProgramState
     key: Key  # its place in the waiting queue
     arrival_s: float  # monotonic, when the scheduler got it
@@ -107,6 +122,14 @@ class _Tracked:
     matches: dict[int, int]  # pin id -> blocks of that pin the prompt reuses (by prefix-cache hash)
     admitted: bool = False
     held: bool = False  # admission control held it back at least once
+
+
+@dataclass(frozen=True, slots=True)
+class _Identified:
+    metadata: ProgramMetadata
+    identity: Identity
+    session: str | None
+    arrival_s: float  # unix: when the engine first saw the program
 
 
 class ProgramQueue(_FCFSRequestQueue):  # type: ignore[misc,valid-type]
@@ -185,6 +208,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._metrics = ServingMetrics()
         self._pins = PinKeeper(self._port, self._metrics, block_size=self.block_size)
         self._predictor = ToolDurationPredictor(window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples)
+        self._chains = ChainIndex(horizon_s=self.knobs.chain_horizon_s)
+        self._gaps = GapModel(window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples)
+        self._num_chains = 0  # programs started by a session or a chain (their ids)
         self._step_model = StepTimeModel()
         self._steps: deque[tuple[float, int, int]] = deque(maxlen=16)  # (scheduled at, prefill tokens, decodes)
         self._held_back = HeldBackBlocks(self._port)  # kv_block_limit
@@ -204,6 +230,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     def end_program(self, program_id: str) -> dict[str, Any]:
         """The program ended or was cancelled: release its pins; its summary."""
         self._pins.release_program(program_id, self.clock.monotonic())
+        self._chains.forget_program(program_id)
         state = self._programs.get(program_id)
         if state is None:
             return {"program_id": program_id, "known": False}
@@ -221,6 +248,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             **self._metrics.snapshot(active_pins=len(self._pins), pinned_blocks=self._pins.num_blocks),
             "programs": self._programs.snapshot(),
             "predictor": self._predictor.snapshot(),
+            "turn_gaps": {**self._gaps.snapshot(), "links": len(self._chains)},
             "step_time_model": self._step_model.snapshot(),
             "requeue_delay_ewma_s": round(self._requeue_s, 6),
             "kv": {
@@ -238,6 +266,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         knobs = parse_knobs(self.knobs, updates, limits=self._limits)
         self.knobs = knobs
         self._predictor.window, self._predictor.min_samples = knobs.tool_window, knobs.min_tool_samples
+        self._chains.horizon_s = knobs.chain_horizon_s
         now = self.clock.monotonic()
         if not (knobs.enabled and knobs.pinning):
             self._pins.release_all(Release.OTHER, now)
@@ -280,25 +309,29 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     # -- vLLM overrides ---------------------------------------------------------------------------
 
     def add_request(self, request: Any) -> None:
-        metadata = self._read_metadata(request)
-        if metadata is None or request.request_id in self.requests:  # plain, or a streaming continuation
+        now = self.clock.monotonic()
+        # A streaming continuation (the same id again) is its request's, not a new one.
+        identified = None if request.request_id in self.requests else self._identify(request, now)
+        if identified is None:
             self._metrics.requests_without_metadata += 1
             super().add_request(request)
             return
-        now = self.clock.monotonic()
-        program = self._programs.touch(metadata, now_s=now, arrival_s=request.arrival_time)
+        metadata = identified.metadata
+        program = self._programs.touch(metadata, now_s=now, arrival_s=identified.arrival_s)
         program.num_requests += 1
         program.observe_prompt(request.num_prompt_tokens)
         matches = self._pins.book.matching(metadata.program_id, request.block_hashes) if self._pins else {}
         self._tracked[request.request_id] = _Tracked(
             metadata=metadata,
+            identity=identified.identity,
+            session=identified.session,
             program=program,
             key=self._program_key(request, metadata, program, matches),
             arrival_s=now,
             prompt_tokens=request.num_prompt_tokens,
             matches=matches,
         )
-        self._metrics.requests_with_metadata += 1
+        self._metrics.count_identity(identified.identity)
         super().add_request(request)
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -312,6 +345,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             held = self._hold_back()
             self._reclaim(now, pending)
             self._collect_garbage(now)
+        elif self._chains and now >= self._next_gc_s:
+            self._next_gc_s = now + _GC_INTERVAL_S
+            self._expire_links(now)
         self._order_running()
         try:
             output = super().schedule(*args, **kwargs)
@@ -331,10 +367,12 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     def _free_blocks(self, request: Any) -> None:
         tracked = self._tracked.pop(request.request_id, None)
-        if tracked is None:
-            super()._free_blocks(request)
-            return
         now = self.clock.monotonic()
+        link = self._link_finished(request, tracked, now)
+        if tracked is None:
+            if link is None or not self._maybe_pin_first_turn(request, link, now):
+                super()._free_blocks(request)
+            return
         if not self._maybe_pin(request, tracked, now):
             super()._free_blocks(request)
         if tracked.metadata.is_last_turn:
@@ -349,6 +387,69 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             return bool(super().reset_prefix_cache(*args, **kwargs))
         finally:
             self._apply_block_limit(now)
+
+    # -- which program a request belongs to --------------------------------------------------------
+
+    def _identify(self, request: Any, now: float) -> _Identified | None:
+        """Its program by its fields, else its session, else its prompt chain; None: a plain request."""
+        knobs = self.knobs
+        if not knobs.enabled:
+            return None
+        if knobs.identify_by_fields and (metadata := self._read_metadata(request)) is not None:
+            return _Identified(metadata, Identity.FIELDS, None, request.arrival_time)
+        session = self._session_of(request)
+        if session is None and not knobs.identify_by_chain:
+            return None
+        identity = Identity.SESSION if session is not None else Identity.CHAIN
+        prompt = request.prompt_token_ids
+        if prompt is None:
+            return None  # prompt embeddings: no tokens to chain on
+        match = self._chains.find(request.block_hashes, prompt, block_size=self.block_size, session=session)
+        if match is not None:
+            link = match.link
+            if self._chains.claim(link):
+                self._gaps.observe_gap(session, now - link.finished_s)
+            if link.program_id is None:
+                link.program_id = self._new_program_id(session)
+            metadata = ProgramMetadata(program_id=link.program_id, turn=link.turn + 1)
+            return _Identified(metadata, identity, session, link.program_arrival_s)
+        if session is None and self._gaps.p_next(None) < _TRACK_NEW_CHAINS_P_NEXT:
+            return None  # most requests are never continued: this one is scheduled as vLLM would
+        metadata = ProgramMetadata(program_id=self._new_program_id(session))
+        return _Identified(metadata, identity, session, request.arrival_time)
+
+    def _session_of(self, request: Any) -> str | None:
+        """A digest of the request's session id (`Request.session_id`: vLLM's server sets it), if used."""
+        if not self.knobs.identify_by_session:
+            return None
+        session = request.session_id
+        if not isinstance(session, str) or not session or len(session) > MAX_NAME_CHARS:
+            return None  # the server refuses these with a 400; an embedded caller's is ignored
+        return hashlib.blake2b(session.encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+    def _new_program_id(self, session: str | None) -> str:
+        self._num_chains += 1
+        return f"~session-{session}-{self._num_chains}" if session is not None else f"~chain-{self._num_chains}"
+
+    def _link_finished(self, request: Any, tracked: _Tracked | None, now: float) -> Link | None:
+        """Index a finished request that a later prompt may continue: plain ones and session or chain programs'."""
+        if request.status not in _PINNABLE_STATUSES or not self.knobs.enabled:
+            return None
+        if tracked is not None and tracked.identity is Identity.FIELDS:
+            return None
+        if tracked is None and not self.knobs.identify_by_chain:
+            return None  # a plain request is only continued by a chain (a session's requests are tracked)
+        return self._chains.add(
+            program_id=tracked.program.program_id if tracked is not None else None,
+            session=tracked.session if tracked is not None else None,
+            turn=tracked.metadata.turn if tracked is not None else 0,
+            program_arrival_s=tracked.program.arrival_s if tracked is not None else request.arrival_time,
+            hashes=request.block_hashes,
+            prompt=request.prompt_token_ids or (),
+            output=request.output_token_ids,
+            block_size=self.block_size,
+            now_s=now,
+        )
 
     # -- ordering ---------------------------------------------------------------------------------
 
@@ -488,19 +589,62 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     # -- pins -------------------------------------------------------------------------------------
 
     def _maybe_pin(self, request: Any, tracked: _Tracked, now: float) -> bool:
-        """Pin a finished call's blocks if its tool is worth waiting for; False: free them as vLLM does."""
+        """Pin a finished call's blocks if its next turn is worth waiting for; False: free them as vLLM does.
+
+        A program that named its next tool is pinned by that tool's duration; one the scheduler
+        recognised (session, chain) by the learned gap between turns and how often one comes at all.
+        """
         metadata = tracked.metadata
+        if tracked.identity is Identity.FIELDS:
+            if metadata.next_tool is None or metadata.is_last_turn:
+                return False
+            dist = self._predictor.distribution(metadata.next_tool, metadata.next_tool_duration_s)
+            p_next = 1.0
+        else:
+            outlook = self._gap_outlook(tracked.session)
+            if outlook is None:
+                return False
+            dist, p_next = outlook
+        decided = self._pin_choice(request, dist, p_next)
+        if decided is None:
+            return False
+        _, choice = decided
+        rank = rank_of(tracked.key)
+        self._pin(request, tracked.program, metadata.turn, metadata.next_tool, rank, dist, p_next, choice, now)
+        return True
+
+    def _maybe_pin_first_turn(self, request: Any, link: Link, now: float) -> bool:
+        """A plain request that programs' next turns usually continue: pinned as a chain program's first turn."""
+        outlook = self._gap_outlook(None)
+        if outlook is None or outlook[1] < _TRACK_NEW_CHAINS_P_NEXT:
+            return False
+        dist, p_next = outlook
+        decided = self._pin_choice(request, dist, p_next)
+        if decided is None:
+            return False
+        _, choice = decided
+        link.program_id = self._new_program_id(None)
+        metadata = ProgramMetadata(program_id=link.program_id)
+        program = self._programs.touch(metadata, now_s=now, arrival_s=request.arrival_time)
+        rank = rank_of(plain_key(request_id=request.request_id, arrival_s=request.arrival_time, user_priority=0))
+        self._pin(request, program, 0, None, rank, dist, p_next, choice, now)
+        return True
+
+    def _gap_outlook(self, session: str | None) -> tuple[DurationDistribution, float] | None:
+        """The gap distribution and P(a next turn comes) of a recognised program; None: not learned yet."""
+        dist = self._gaps.distribution(session)
+        return None if dist is None else (dist, self._gaps.p_next(session))
+
+    def _pin_choice(self, request: Any, dist: DurationDistribution, p_next: float) -> tuple[int, TtlChoice] | None:
+        """(blocks, the TTL choice) if the finished request may and should be pinned."""
         knobs = self.knobs
         if not (knobs.enabled and knobs.pinning and self._single_group):
-            return False
-        if metadata.next_tool is None or metadata.is_last_turn or request.status not in _PINNABLE_STATUSES:
-            return False
-        if not self._request_blocks_can_be_freed(request):
-            return False
+            return None
+        if request.status not in _PINNABLE_STATUSES or not self._request_blocks_can_be_freed(request):
+            return None
         num_blocks = self._port.num_pinnable(request.request_id)
         if num_blocks == 0 or self._pins.num_blocks + num_blocks > self._pin_cap_blocks():
-            return False
-        dist = self._predictor.distribution(metadata.next_tool, metadata.next_tool_duration_s)
+            return None
         usable = self._port.num_blocks - self._held_back.num_blocks
         choice = choose_ttl(
             dist,
@@ -508,24 +652,38 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             requeue_s=self._requeue_s,
             kv_usage=1.0 - self._port.num_free() / max(1, usable),  # held-back blocks are not pressure
             knobs=knobs,
+            p_next=p_next,
         )
         if choice.ttl_s <= 0:
             self._metrics.pins_skipped += 1
-            return False
+            return None
+        return num_blocks, choice
+
+    def _pin(
+        self,
+        request: Any,
+        program: ProgramState,
+        turn: int,
+        next_tool: str | None,
+        rank: Rank,
+        dist: DurationDistribution,
+        p_next: float,
+        choice: TtlChoice,
+        now: float,
+    ) -> None:
         self._pins.pin(
             request,
-            program=tracked.program,
-            turn=metadata.turn,
-            next_tool=metadata.next_tool,
-            rank=rank_of(tracked.key),
+            program=program,
+            turn=turn,
+            next_tool=next_tool,
+            rank=rank,
             ttl_s=choice.ttl_s,
             p_done=choice.p_done,
-            value_s=self._step_model.prefill_s(num_blocks * self.block_size) + self._requeue_s,
+            value_s=choice.value_s * p_next,  # what it saves, if its next turn comes at all
             dist=dist,
             now_s=now,
         )
         del self.requests[request.request_id]  # what Scheduler._free_blocks does besides freeing
-        return True
 
     def _pin_cap_blocks(self) -> float:
         return self.knobs.max_pinned_fraction * (self._port.num_blocks - self._held_back.num_blocks)
@@ -586,10 +744,15 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._pins.release_program(program.program_id, now)
         program.ended = True
 
+    def _expire_links(self, now: float) -> None:
+        for link in self._chains.expire(now):
+            self._gaps.observe_no_next(link.session)  # no next turn came: a program's last, or a single call
+
     def _collect_garbage(self, now: float, *, force: bool = False) -> None:
         if not force and now < self._next_gc_s:
             return
         self._next_gc_s = now + _GC_INTERVAL_S
+        self._expire_links(now)
         live = {t.metadata.program_id for t in self._tracked.values()}
         for program_id in self._programs.stale(now, live, self._pins.book.programs(), self.knobs.program_idle_gc_s):
             self._programs.forget(program_id)

@@ -11,7 +11,10 @@ and one ASGI middleware, `ProgramMetadataMiddleware`, which sits outside vLLM's 
   (`agentflow.metadata.ProgramMetadata`) in `vllm_xargs` or at the top level (what the OpenAI
   client's `extra_body` produces) are validated by the one schema and forwarded in `vllm_xargs`,
   where the scheduler reads them; with program fields present, a top-level field the route does
-  not know is refused. A request without program fields passes untouched.
+  not know is refused. A session id (`serving._identity`: `x-dynamo-session-id`, the body's
+  `prompt_cache_key` or `user`) that vLLM does not read by itself goes to `vllm_xargs.session_id`,
+  where it does; a session header too long or not printable ASCII is refused. A request with
+  neither passes untouched.
 - **The scheduler's routes** (the engine core runs in another process; vLLM's utility-call
   channel carries a `serving._control` command to it): `GET /agentflow/metrics` (per-program
   detail only to a caller holding the key), `POST /agentflow/end_program {"program_id"}`,
@@ -46,6 +49,7 @@ from serving._http import (
     send_json,
     with_length,
 )
+from serving._identity import request_session
 
 __all__ = ["ProgramMetadataMiddleware", "ServeOptions", "configure_access", "rewrite_body", "serve", "vllm_server_args"]
 
@@ -157,7 +161,12 @@ class ProgramMetadataMiddleware:
         try:
             body = await read_body(receive, limit_bytes=_MAX_GENERATION_BODY_BYTES)
             payload = _parse_json(body)
-            rewritten = rewrite_payload(payload, known_fields=_vllm.request_body_fields(scope, path))
+            session = request_session(headers, payload) if isinstance(payload, dict) else None
+            rewritten = rewrite_payload(
+                payload,
+                known_fields=_vllm.request_body_fields(scope, path),
+                session_id=None if session is None or session.engine_reads_it else session.session_id,
+            )
         except BodyTooLarge as exc:
             await send_error(send, 413, str(exc))
             return
@@ -179,11 +188,14 @@ def rewrite_body(body: bytes) -> bytes | None:
     return rewrite_payload(_parse_json(body), known_fields=None)
 
 
-def rewrite_payload(payload: Any, *, known_fields: frozenset[str] | None) -> bytes | None:
-    """The body with its program fields validated and moved into `vllm_xargs`; None: no program fields.
+def rewrite_payload(
+    payload: Any, *, known_fields: frozenset[str] | None, session_id: str | None = None
+) -> bytes | None:
+    """The body with its program fields validated and moved into `vllm_xargs`; None: nothing to change.
 
     `known_fields`: the route's own top-level fields; with program fields present, any other
-    top-level field is refused (None: not checked).
+    top-level field is refused (None: not checked). `session_id`: a session id vLLM would not
+    find by itself, put in `vllm_xargs.session_id` unless the client set that already.
 
     Raises:
         MetadataError: malformed fields, an unknown field beside them, or one given twice differently.
@@ -200,9 +212,12 @@ def rewrite_payload(payload: Any, *, known_fields: frozenset[str] | None) -> byt
         if key in xargs and xargs[key] != value:
             raise MetadataError(f"{key} is given both in the body and in vllm_xargs, with different values")
     merged = {**xargs, **top}
-    if ProgramMetadata.from_extra_args(merged) is None and not top:
+    has_program = ProgramMetadata.from_extra_args(merged) is not None or bool(top)
+    if session_id is not None and "session_id" not in merged:
+        merged["session_id"] = session_id
+    elif not has_program:
         return None
-    if known_fields is not None and (unknown := sorted(set(payload) - known_fields)):
+    if has_program and known_fields is not None and (unknown := sorted(set(payload) - known_fields)):
         raise MetadataError(f"unknown field(s) beside the program fields: {', '.join(unknown)[:200]}")
     # vLLM types vllm_xargs values as str | int | float: send flags as 0/1 and leave nulls out.
     payload["vllm_xargs"] = {k: int(v) if isinstance(v, bool) else v for k, v in merged.items() if v is not None}

@@ -213,6 +213,7 @@ def add_request(
     prompt: str | list[int],
     params: SamplingParams,
     priority: int = 0,
+    session_id: str | None = None,
 ) -> str:
     """Tokenize (text) or wrap (token ids) the prompt and queue it; return vLLM's internal id."""
     from vllm.renderers.inputs.preprocess import parse_model_prompt
@@ -220,7 +221,7 @@ def add_request(
     renderer = engine.renderer
     parsed = parse_model_prompt(engine.model_config, prompt)
     (engine_input,) = renderer.render_cmpl([parsed], renderer.default_cmpl_tok_params)
-    return engine.add_request(request_id, engine_input, params, priority=priority)
+    return engine.add_request(request_id, engine_input, params, priority=priority, session_id=session_id)
 
 
 def abort(engine: LLMEngine, request_ids: list[str]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from agentflow.exceptions import BackendConfigError, UserError
-from agentflow.metadata import ProgramMetadata
+from agentflow.metadata import MAX_NAME_CHARS, ProgramMetadata
 from serving import _vllm
 from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
 from serving._driver import Abort, Driver, Pause, RunOnEngine, Sink, Submit, copy_error
@@ -167,19 +167,21 @@ class EmbeddedEngine:
         extra_args: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         priority: int = 0,
+        session_id: str | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream one request's deltas. The last chunk has `finished=True`.
 
         `prompt` is raw text (apply the chat template first for chat) or token ids.
         `grammar` is EBNF (xgrammar) and `json_schema` a JSON schema; at most one.
-        `extra_args` reaches the scheduler as `request.sampling_params.extra_args`.
+        `extra_args` reaches the scheduler as `request.sampling_params.extra_args`; `session_id`
+        as `request.session_id` (what `agentflow serve` sets from a client's session id).
 
         Raises:
             EngineError: the engine rejected the request or died while it ran.
             MetadataError: malformed program metadata in `extra_args`.
             UserError: bad arguments (both constraints, a request id already running).
         """
-        _check_generate_args(max_tokens=max_tokens, grammar=grammar, json_schema=json_schema)
+        _check_generate_args(max_tokens=max_tokens, grammar=grammar, json_schema=json_schema, session_id=session_id)
         ProgramMetadata.from_extra_args(extra_args)  # raises MetadataError before anything reaches the engine
         driver = await self._started()
         params = _vllm.make_sampling_params(
@@ -193,7 +195,11 @@ class EmbeddedEngine:
         )
         request_id = request_id or f"af-{uuid.uuid4().hex}"
         sink = Sink(asyncio.get_running_loop())
-        driver.submit(Submit(request_id=request_id, prompt=prompt, params=params, priority=priority, sink=sink))
+        driver.submit(
+            Submit(
+                request_id=request_id, prompt=prompt, params=params, priority=priority, sink=sink, session_id=session_id
+            )
+        )
         finished = False
         try:
             while not finished:
@@ -220,6 +226,7 @@ class EmbeddedEngine:
         extra_args: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         priority: int = 0,
+        session_id: str | None = None,
     ) -> GenerationResult:
         """Run one request to the end; the whole text and its token counts."""
         texts: list[str] = []
@@ -236,6 +243,7 @@ class EmbeddedEngine:
             extra_args=extra_args,
             request_id=request_id,
             priority=priority,
+            session_id=session_id,
         ):
             texts.append(chunk.text)
             token_ids.extend(chunk.token_ids)
@@ -436,11 +444,15 @@ class EmbeddedEngine:
         return model_dir
 
 
-def _check_generate_args(*, max_tokens: int, grammar: str | None, json_schema: object) -> None:
+def _check_generate_args(
+    *, max_tokens: int, grammar: str | None, json_schema: object, session_id: str | None = None
+) -> None:
     if max_tokens < 1:
         raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
     if grammar is not None and json_schema is not None:
         raise UserError("pass at most one of grammar and json_schema")
+    if session_id is not None and not (isinstance(session_id, str) and 0 < len(session_id) <= MAX_NAME_CHARS):
+        raise UserError(f"session_id must be a non-empty string of at most {MAX_NAME_CHARS} characters")
 
 
 def _load_tokenizer(model_dir: Path) -> Any:

@@ -211,6 +211,7 @@ class Harness:
         extra_args: Mapping[str, Any] | None = None,
         priority: int = 0,
         arrival_s: float | None = None,
+        session_id: str | None = None,
     ) -> Request:
         params = SamplingParams(ignore_eos=True, max_tokens=max_tokens, extra_args=dict(extra_args or {}) or None)
         params.update_from_generation_config({}, EOS_TOKEN_ID)
@@ -222,6 +223,7 @@ class Harness:
             block_hasher=self._hasher,
             priority=priority,
             arrival_time=self.clock.unix() if arrival_s is None else arrival_s,
+            session_id=session_id,
         )
         self.outputs[request_id] = []
         self.scheduler.add_request(request)

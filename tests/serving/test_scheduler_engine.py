@@ -19,7 +19,7 @@ import pytest
 from _serving_workloads import metadata, token_prompt
 
 from agentflow import Program, semantic_function, tool
-from agentflow.exceptions import MetadataError
+from agentflow.exceptions import MetadataError, UserError
 from executor import DurationEstimates
 from serving import EmbeddedBackend
 from serving._knobs import SchedulerKnobs
@@ -27,7 +27,9 @@ from serving.engine import EmbeddedEngine
 
 pytestmark = pytest.mark.engine
 
-DEFAULT_KNOBS = SchedulerKnobs().model_dump()
+# Chains off between tests: a test that teaches the session engine that turns continue would
+# otherwise have other tests' plain requests pinned as programs' first turns. The chain tests switch them on.
+DEFAULT_KNOBS = {**SchedulerKnobs().model_dump(), "identify_by_chain": False}
 BLOCK = 32
 RUN = uuid.uuid4().hex[:8]  # fresh prompts per session: nothing hits another run's cache
 
@@ -65,7 +67,7 @@ async def test_pinned_turn_two_hits_under_pressure_where_stock_gets_nothing(serv
     pinned_prompt = token_prompt(10 * BLOCK, key("pinned"))
     plain_prompt = token_prompt(10 * BLOCK, key("plain"))
     pinned_1 = await turn(engine, pinned_prompt, extra_args=metadata(f"{RUN}-pinned", 0, arrival_s=now))
-    plain_1 = await turn(engine, plain_prompt)  # the same program without metadata: stock vLLM
+    plain_1 = await turn(engine, plain_prompt)  # the same program without metadata (chains off): stock vLLM
     assert (await metrics(engine))["pins"]["blocks_pinned"] == 10
     for i in range(3):  # other work that needs most of the 60 free blocks: the LRU evicts everything unpinned
         await turn(engine, token_prompt(30 * BLOCK, key(f"filler{i}")), max_tokens=4)
@@ -138,6 +140,64 @@ async def test_reset_prefix_cache_works_while_pins_exist(serving: EmbeddedEngine
     assert snapshot["pins"]["active"] == 0 and snapshot["kv"]["held_back_blocks"] > 0  # the limit still holds
     again = await turn(engine, prompt + list(first.token_ids))
     assert again.num_cached_tokens == 0  # the cache really was reset
+
+
+# -- programs of clients that send nothing -----------------------------------------------------------------
+
+
+async def plain_chain(engine: EmbeddedEngine, name: str, turns: int, *, gap_s: float = 0.2, **extra: Any) -> list[Any]:
+    """A client without metadata: each prompt is the last one, its output and a tool's output."""
+    prompt = token_prompt(4 * BLOCK, key(f"{name}:task"))
+    results = []
+    for i in range(turns):
+        result = await turn(engine, prompt, max_tokens=BLOCK, **extra)
+        results.append(result)
+        await asyncio.sleep(gap_s)
+        prompt = prompt + list(result.token_ids) + token_prompt(BLOCK, key(f"{name}:tool{i}"))
+    return results
+
+
+async def test_a_client_that_sends_nothing_is_recognised_by_its_prompt_chain(serving: EmbeddedEngine) -> None:
+    engine = serving
+    await engine.configure_scheduler(identify_by_chain=True, tau_max_s=5.0)
+    before = await metrics(engine)
+    runs = await asyncio.gather(*(plain_chain(engine, f"chain{i}", 4) for i in range(3)))
+    after = await metrics(engine)
+    assert after["requests"]["by_chain"] - before["requests"]["by_chain"] >= 3 * 3  # every later turn
+    assert after["requests"]["with_metadata"] == before["requests"]["with_metadata"]
+    assert after["turn_gaps"]["gaps_observed"] >= before["turn_gaps"]["gaps_observed"] + 9
+    assert all(r.num_cached_tokens >= 4 * BLOCK for results in runs for r in results[1:])
+
+
+async def test_a_session_id_identifies_a_program(serving: EmbeddedEngine) -> None:
+    engine = serving
+    before = (await metrics(engine))["requests"]
+    await plain_chain(engine, "session", 3, session_id=f"{RUN}-session")
+    after = (await metrics(engine))["requests"]
+    assert after["by_session"] == before["by_session"] + 3 and after["by_chain"] == before["by_chain"]
+    with pytest.raises(UserError):
+        await engine.complete(prompt="Hello", max_tokens=2, session_id="x" * 10_000)
+
+
+async def test_a_chain_client_that_disconnects_leaves_no_blocks_behind(serving: EmbeddedEngine) -> None:
+    engine = serving
+    await engine.configure_scheduler(identify_by_chain=True, tau_max_s=1.0)
+    await plain_chain(engine, "teach", 3)  # enough continued turns that chains get pinned
+    await engine.configure_scheduler(pinning=False)
+    await engine.configure_scheduler(pinning=True)
+    free_before = await engine.num_free_blocks()
+    prompt = token_prompt(4 * BLOCK, key("gone"))
+    first = await turn(engine, prompt, max_tokens=BLOCK)
+    stream = engine.generate(
+        prompt=prompt + list(first.token_ids) + token_prompt(BLOCK, key("gone:tool")), max_tokens=200, ignore_eos=True
+    )
+    async for chunk in stream:
+        if chunk.token_ids:
+            break  # the client goes away mid-stream
+    await stream.aclose()
+    await asyncio.sleep(2.5)  # past the longest TTL (tau_max_s + slack): the idle engine expires its pins
+    assert (await metrics(engine))["pins"]["active"] == 0
+    assert await engine.num_free_blocks() == free_before
 
 
 # -- bad input and faults ------------------------------------------------------------------------------

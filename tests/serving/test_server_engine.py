@@ -199,3 +199,75 @@ def test_a_program_claiming_an_old_arrival_is_ranked_by_when_the_server_saw_it(s
     snapshot = _metrics(server)
     [entry] = [p for p in snapshot["programs"]["recent_finished"] if p["program_id"] == f"{RUN}-liar"]
     assert entry["requests"] == 1
+
+
+# -- clients that send no program fields --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"x-session-id": f"{RUN}-h1"}, {}),
+        ({"x-dynamo-session-id": f"{RUN}-h2"}, {}),
+        ({}, {"user": f"{RUN}-user"}),
+        ({}, {"prompt_cache_key": f"{RUN}-pck"}),
+        ({}, {"session_id": f"{RUN}-body"}),
+    ],
+    ids=["x-session-id", "x-dynamo-session-id", "user", "prompt_cache_key", "session_id"],
+)
+def test_a_session_id_from_any_source_identifies_a_program(
+    server: httpx.Client, headers: dict[str, str], body: dict[str, Any]
+) -> None:
+    before = _metrics(server)["requests"]
+    response = server.post(
+        "/v1/completions",
+        json={"model": "default", "prompt": token_prompt(40, f"{RUN}:{headers}{body}"), "max_tokens": 2, **body},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    after = _metrics(server)["requests"]
+    assert after["by_session"] == before["by_session"] + 1
+    assert after["without_metadata"] == before["without_metadata"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x" * 5000, "caf\u00e9".encode("latin-1"), b"\xff\xfe", b"tab\there"],
+    ids=["huge", "non-ascii", "bytes", "control"],
+)
+@pytest.mark.parametrize("header", ["x-session-id", "x-dynamo-session-id"])
+def test_a_bad_session_header_is_a_400_and_the_server_goes_on(server: httpx.Client, header: str, value: bytes) -> None:
+    response = server.post(
+        "/v1/completions", json={"model": "default", "prompt": "Hi", "max_tokens": 1}, headers={header: value}
+    )
+    assert response.status_code == 400, response.text
+    assert header in response.json()["error"]["message"]
+    assert _complete(server, "Hello").status_code == 200
+
+
+def test_an_empty_session_header_is_ignored(server: httpx.Client) -> None:
+    before = _metrics(server)["requests"]
+    response = server.post(
+        "/v1/completions", json={"model": "default", "prompt": "Hi", "max_tokens": 1}, headers={"x-session-id": ""}
+    )
+    assert response.status_code == 200, response.text
+    assert _metrics(server)["requests"]["by_session"] == before["by_session"]
+
+
+def test_a_chat_client_that_sends_nothing_is_recognised_turn_by_turn(server: httpx.Client) -> None:
+    messages = [
+        {"role": "system", "content": f"You are a careful assistant ({RUN}). " * 8},
+        {"role": "user", "content": "List three fruits, one per line."},
+    ]
+    turns: list[str] = []
+    before = _metrics(server)["requests"]
+    for i in range(3):
+        body = {"model": "default", "messages": messages, "max_tokens": 16}
+        response = server.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        content = response.json()["choices"][0]["message"]["content"]
+        turns.append(content)
+        messages += [{"role": "assistant", "content": content}, {"role": "user", "content": f"Tool output {i}: ok."}]
+    after = _metrics(server)["requests"]
+    # The first turn continues nothing; each later one extends the previous prompt and output.
+    assert after["by_chain"] - before["by_chain"] == 2, (turns, before, after)

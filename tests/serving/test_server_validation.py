@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentflow.exceptions import MetadataError
+from agentflow.exceptions import MetadataError, UserError
 from serving._guard import AccessPolicy, split_host
 from serving._http import finite_json
 from serving._server import (
@@ -18,6 +18,7 @@ from serving._server import (
     aggregate_metrics,
     configure_access,
     rewrite_body,
+    rewrite_payload,
     vllm_server_args,
 )
 
@@ -253,3 +254,55 @@ def test_metrics_without_the_key_name_no_program() -> None:
     aggregate = aggregate_metrics(metrics)
     assert "secret" not in json.dumps(aggregate) and aggregate["pins"] == {"created": 3}
     assert finite_json(aggregate)["prefill"] is None
+
+
+# -- session ids (serving._identity) and --identify-by -------------------------------------------------
+
+
+def test_session_precedence_follows_vllm_then_dynamo_then_openai_fields() -> None:
+    from serving._identity import request_session
+
+    every = {"x-session-id": "hdr", "x-dynamo-session-id": "dyn"}
+    body = {"session_id": "body", "prompt_cache_key": "pck", "user": "usr"}
+    assert request_session(every, body) == request_session({}, {"session_id": "body"})
+    assert request_session(every, {"user": "usr"}).source == "header:x-session-id"
+    assert request_session({"x-dynamo-session-id": "dyn"}, {"user": "usr"}).source == "header:x-dynamo-session-id"
+    assert request_session({}, {"prompt_cache_key": "pck", "user": "usr"}).session_id == "pck"
+    assert request_session({}, {"user": "usr"}).session_id == "usr"
+    assert request_session({}, {"user": 5, "prompt_cache_key": ""}) is None
+    assert request_session({"x-session-id": ""}, {}) is None
+    assert request_session({}, {"user": "u" * 10_000}) is None  # too long to be a session: not used
+
+
+@pytest.mark.parametrize("value", ["x" * 600, "caf\u00e9", "tab\there", "\x00"])
+def test_a_bad_session_header_is_refused_even_when_another_source_wins(value: str) -> None:
+    from serving._identity import request_session
+
+    with pytest.raises(MetadataError, match="x-dynamo-session-id"):
+        request_session({"x-dynamo-session-id": value}, {"session_id": "fine"})
+
+
+def test_a_session_vllm_does_not_read_goes_to_vllm_xargs() -> None:
+    payload = {"model": "m", "prompt": "p", "user": "u1"}
+    out = json.loads(rewrite_payload(dict(payload), known_fields=None, session_id="u1") or b"")
+    assert out["vllm_xargs"] == {"session_id": "u1"} and out["user"] == "u1"
+    # A client's own vllm_xargs.session_id stays; with nothing to add the body passes untouched.
+    mine = {**payload, "vllm_xargs": {"session_id": "mine"}}
+    assert rewrite_payload(dict(mine), known_fields=None, session_id="u1") is None
+    assert rewrite_payload(dict(payload), known_fields=None) is None
+
+
+def test_identify_by_maps_to_knobs_and_refuses_unknown_names() -> None:
+    from serving._cli import identify_knobs
+
+    assert identify_knobs("fields,session,chain") == dict.fromkeys(
+        ("identify_by_fields", "identify_by_session", "identify_by_chain"), True
+    )
+    assert identify_knobs("fields") == {
+        "identify_by_fields": True,
+        "identify_by_session": False,
+        "identify_by_chain": False,
+    }
+    assert not any(identify_knobs("none").values())
+    with pytest.raises(UserError, match="unknown chains"):
+        identify_knobs("fields,chains")
