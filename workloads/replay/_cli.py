@@ -14,8 +14,10 @@ from agentflow.exceptions import UserError
 __all__ = ["add_replay_options", "options_from_args", "register"]
 
 _EPILOG = """\
-policies: vllm (stock FCFS + prefix caching), priority (stock priority scheduling keyed by program
-arrival order), agentflow (the program-aware scheduler: program FCFS + KV pinned across tool calls).
+policies: vllm (stock FCFS + prefix caching; vllm:aa the same again, the A/A pair), priority (stock
+priority scheduling keyed by program arrival order), continuum (program FCFS + a fixed 2 s pin, no
+admission control), agentflow (the program-aware scheduler: program FCFS + KV pinned across tool
+calls), agentflow:session and agentflow:none (the same scheduler fed only a session id, or nothing).
 Each policy runs in its own engine process, one after another, on the same programs, seed and arrivals.
 
 The default trace is 99 real mini-swe-agent runs on SWE-bench Lite, scaled to fit the embedded model:
@@ -51,6 +53,7 @@ def register(subparsers: Any) -> None:
 
 def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -> None:
     """The trace, scaling, arrival, engine and SLO options shared by `replay` and `bench serving`."""
+    from workloads.replay._run import CLIENT_METADATA, POLICIES
     from workloads.replay._runner import DEFAULTS
 
     parser.add_argument(
@@ -60,7 +63,13 @@ def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -
         policies_flag,
         dest="policies",
         default=",".join(DEFAULTS.policies),
-        help=f"NAME[,NAME...] of vllm, priority, agentflow (default {','.join(DEFAULTS.policies)})",
+        help=f"NAME[,NAME...] of {', '.join(POLICIES)} (default {','.join(DEFAULTS.policies)})",
+    )
+    parser.add_argument(
+        "--client-metadata",
+        choices=CLIENT_METADATA,
+        default="full",
+        help="what agentflow's client sends: every program field (full), only a session id, or nothing",
     )
     arrivals = parser.add_mutually_exclusive_group()
     arrivals.add_argument(
@@ -109,15 +118,20 @@ def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def options_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
-    """`ReplayOptions` from parsed `add_replay_options` arguments."""
+def options_from_args(args: argparse.Namespace, *, keep_full_metadata: bool = False, **overrides: Any) -> Any:
+    """`ReplayOptions` from parsed `add_replay_options` arguments.
+
+    `--client-metadata session|none` replaces `agentflow` by `agentflow:session|none`, or, with
+    `keep_full_metadata` (the bench), runs that beside it.
+    """
     from workloads.replay._runner import DEFAULTS, EngineSettings, ReplayOptions
     from workloads.replay._trace import DEFAULT_TRACE_PATH, TraceScaling
 
     rate = args.rate if args.rate is not None or args.concurrency is not None else DEFAULTS.rate_per_s
+    names = tuple(name.strip() for name in args.policies.split(",") if name.strip())
     options = ReplayOptions(
         trace_path=args.trace or DEFAULT_TRACE_PATH,
-        policies=tuple(name.strip() for name in args.policies.split(",") if name.strip()),
+        policies=_policies(names, args.client_metadata, keep_full=keep_full_metadata),
         scaling=TraceScaling(
             token_divisor=args.token_divisor,
             max_turns=args.turns,
@@ -144,6 +158,15 @@ def options_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         worker_timeout_s=args.timeout_s,
     )
     return dataclasses.replace(options, **overrides) if overrides else options
+
+
+def _policies(names: tuple[str, ...], client_metadata: str, *, keep_full: bool) -> tuple[str, ...]:
+    from workloads.replay._run import with_client_metadata
+
+    if not keep_full:
+        return with_client_metadata(names, client_metadata)
+    extra = with_client_metadata(("agentflow",), client_metadata)
+    return names + tuple(name for name in extra if name not in names)
 
 
 def _run_replay(args: argparse.Namespace) -> int:

@@ -11,8 +11,12 @@ Each program is a chain of LLM calls separated by tool pauses:
 - programs arrive as a seeded Poisson process (`poisson_arrivals`) or run K at a time (closed loop).
 
 A serving policy (`POLICIES`) is the engine configuration plus what each request carries:
-`vllm` (stock FCFS with prefix caching), `priority` (stock priority scheduling keyed by program
-arrival order) and `agentflow` (the program-aware scheduler, fed program metadata).
+`vllm` (stock FCFS with prefix caching; `vllm:aa` the same again, the A/A pair that shows the
+machine's noise), `priority` (stock priority scheduling keyed by program arrival order),
+`continuum` (program FCFS and a fixed 2 s pin, no admission control: what Continuum's public code
+does, fed program ids), and `agentflow` (the program-aware scheduler) fed what a client sends
+(`ClientMetadata`): every program field and the runtime's tool reports (`agentflow`), only a
+session id (`agentflow:session`), or nothing at all (`agentflow:none`).
 
 Queueing delay is observed, not guessed: a sampler reads the live scheduler between engine steps
 (`EmbeddedEngine.call_in_engine`) and records when each request first runs and when it is
@@ -22,6 +26,7 @@ preempted back to waiting; a call's queueing delay is its time not running befor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence, Set
@@ -37,6 +42,8 @@ from workloads.replay._trace import ScaledProgram
 __all__ = [
     "POLICIES",
     "CallRecord",
+    "CLIENT_METADATA",
+    "ClientMetadata",
     "ServingPolicy",
     "ProgramOutcome",
     "ReplaySettings",
@@ -47,6 +54,7 @@ __all__ = [
     "replay_programs",
     "speed_check",
     "timed_burst",
+    "with_client_metadata",
 ]
 
 # Token ids drawn for synthetic text: clear of the special and byte tokens at the low end of
@@ -55,6 +63,10 @@ DEFAULT_VOCAB_RANGE = (1_000, 40_000)
 
 
 # -- policies ---------------------------------------------------------------------------------------
+
+
+ClientMetadata = Literal["full", "session", "none"]
+CLIENT_METADATA: tuple[ClientMetadata, ...] = ("full", "session", "none")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,21 +78,39 @@ class ServingPolicy:
     scheduler_cls: str | None  # None: vLLM's stock scheduler
     scheduling_policy: Literal["fcfs", "priority"]
     priority_by_arrival: bool  # request priority = its program's arrival order (lower runs first)
-    program_metadata: bool  # requests carry program metadata in extra_args
+    # What each request carries: every program field in extra_args and the runtime's reports of
+    # tool durations and program ends ("full"), the program id as a session id ("session"), nothing.
+    client_metadata: ClientMetadata = "none"
+    knobs: tuple[tuple[str, Any], ...] = ()  # the policy's own scheduler knobs
+
+    @property
+    def program_metadata(self) -> bool:
+        """Requests carry program metadata in extra_args (and the runtime reports tools and ends)."""
+        return self.client_metadata == "full"
+
+    @property
+    def program_aware(self) -> bool:
+        """It runs agentflow's scheduler (whatever its requests carry)."""
+        return self.scheduler_cls == PROGRAM_AWARE_SCHEDULER
 
     def engine_overrides(self) -> dict[str, Any]:
         """The `EngineConfig` fields this policy sets."""
         return {"scheduler_cls": self.scheduler_cls, "scheduling_policy": self.scheduling_policy}
 
 
+_VLLM = ServingPolicy(
+    name="vllm",
+    description="stock vLLM: FCFS per request, prefix caching, KV freed when a call ends",
+    scheduler_cls=None,
+    scheduling_policy="fcfs",
+    priority_by_arrival=False,
+)
+_AGENTFLOW_DESCRIPTION = "agentflow's program-aware scheduler: program FCFS, KV pinned across tool calls with a TTL"
+
 POLICIES: dict[str, ServingPolicy] = {
-    "vllm": ServingPolicy(
-        name="vllm",
-        description="stock vLLM: FCFS per request, prefix caching, KV freed when a call ends",
-        scheduler_cls=None,
-        scheduling_policy="fcfs",
-        priority_by_arrival=False,
-        program_metadata=False,
+    "vllm": _VLLM,
+    "vllm:aa": dataclasses.replace(
+        _VLLM, name="vllm:aa", description="stock vLLM again, its own process: the A/A pair (the machine's noise)"
     ),
     "priority": ServingPolicy(
         name="priority",
@@ -88,15 +118,46 @@ POLICIES: dict[str, ServingPolicy] = {
         scheduler_cls=None,
         scheduling_policy="priority",
         priority_by_arrival=True,
-        program_metadata=False,
+    ),
+    "continuum": ServingPolicy(
+        name="continuum",
+        description="Continuum: program-level FCFS and a fixed 2 s pin after each call a tool follows, "
+        "no admission control, program ids sent",
+        scheduler_cls=PROGRAM_AWARE_SCHEDULER,
+        scheduling_policy="priority",
+        priority_by_arrival=False,
+        client_metadata="full",
+        knobs=(
+            ("fixed_ttl_s", 2.0),
+            ("reserve_turns", 0.0),
+            ("urgency", False),
+            ("identify_by_session", False),
+            ("identify_by_chain", False),
+        ),
     ),
     "agentflow": ServingPolicy(
         name="agentflow",
-        description="agentflow's program-aware scheduler: program FCFS, KV pinned across tool calls with a TTL",
+        description=_AGENTFLOW_DESCRIPTION + "; every program field sent, tool durations reported",
         scheduler_cls=PROGRAM_AWARE_SCHEDULER,
         scheduling_policy="priority",
         priority_by_arrival=False,  # the program metadata carries the order; users write nothing extra
-        program_metadata=True,
+        client_metadata="full",
+    ),
+    "agentflow:session": ServingPolicy(
+        name="agentflow:session",
+        description=_AGENTFLOW_DESCRIPTION + "; only a session id sent (programs and gaps inferred)",
+        scheduler_cls=PROGRAM_AWARE_SCHEDULER,
+        scheduling_policy="priority",
+        priority_by_arrival=False,
+        client_metadata="session",
+    ),
+    "agentflow:none": ServingPolicy(
+        name="agentflow:none",
+        description=_AGENTFLOW_DESCRIPTION + "; bare requests (programs inferred from prompt chains)",
+        scheduler_cls=PROGRAM_AWARE_SCHEDULER,
+        scheduling_policy="priority",
+        priority_by_arrival=False,
+        client_metadata="none",
     ),
 }
 
@@ -106,6 +167,15 @@ def get_policy(name: str) -> ServingPolicy:
         return POLICIES[name]
     except KeyError:
         raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+def with_client_metadata(names: Sequence[str], client_metadata: str) -> tuple[str, ...]:
+    """The policy names with `agentflow` sending `client_metadata` instead of every field."""
+    if client_metadata not in CLIENT_METADATA:
+        raise UserError(f"unknown client metadata {client_metadata!r}; known: {', '.join(CLIENT_METADATA)}")
+    if client_metadata == "full":
+        return tuple(names)
+    return tuple(f"agentflow:{client_metadata}" if name == "agentflow" else name for name in names)
 
 
 # -- prompts and arrivals (pure) ---------------------------------------------------------------------
@@ -514,6 +584,8 @@ def _request_kwargs(
 ) -> dict[str, Any]:
     policy = replay.settings.policy
     kwargs: dict[str, Any] = {"priority": index if policy.priority_by_arrival else 0}
+    if policy.client_metadata == "session":
+        kwargs["session_id"] = program.program_id  # what a client's x-session-id header carries
     if issuer is not None:
         # The tool's name only: its duration is not known in advance; the scheduler's predictor
         # learns it from the durations reported after each tool ends.

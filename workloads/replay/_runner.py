@@ -90,7 +90,7 @@ class ReplayOptions:
     """Everything one replay run depends on; all of it lands in the report."""
 
     trace_path: Path = DEFAULT_TRACE_PATH
-    policies: tuple[str, ...] = ("vllm", "priority", "agentflow")
+    policies: tuple[str, ...] = ("vllm", "priority", "continuum", "agentflow")
     scaling: TraceScaling = field(default_factory=TraceScaling)
     rate_per_s: float | None = None  # Poisson arrivals (programs/s); None: closed loop
     concurrency: int | None = None  # closed loop: programs at once
@@ -117,6 +117,8 @@ class ReplayOptions:
             get_policy(name)
         if not self.policies:
             raise UserError("no policy to replay")
+        if len(set(self.policies)) != len(self.policies):
+            raise UserError(f"a policy is named twice in {', '.join(self.policies)} (for an A/A pair use vllm,vllm:aa)")
         if not self.slo_factor > 0:
             raise UserError(f"slo_factor must be > 0, got {self.slo_factor}")
 
@@ -243,12 +245,16 @@ def _run_probe(base_spec: dict[str, Any], options: ReplayOptions, policies: dict
 
 
 def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
-    # Only the program-aware policy reads these: the stock policies' specs (and digests) stay put.
-    if not get_policy(name).program_metadata:
+    # Only program-aware policies read these: the stock policies' specs (and digests) stay put.
+    policy = get_policy(name)
+    if not policy.program_aware:
         return {}
-    extras: dict[str, Any] = {"send_deadlines": options.send_deadlines}
-    if options.agentflow_knobs:
-        extras["engine_extra"] = {"scheduler_knobs": dict(options.agentflow_knobs)}
+    extras: dict[str, Any] = {"send_deadlines": options.send_deadlines} if policy.program_metadata else {}
+    knobs = dict(policy.knobs)
+    if name.startswith("agentflow"):
+        knobs.update(options.agentflow_knobs)  # --agentflow-knob: agentflow's, not the baselines'
+    if knobs:
+        extras["engine_extra"] = {"scheduler_knobs": knobs}
     return extras
 
 

@@ -106,7 +106,7 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
         sink.close()
     replay_wall_s = time.perf_counter() - started
     # The scheduler's own counters (pins created/hit/expired/reclaimed, ...), where it keeps them.
-    serving_metrics = await engine.agentflow_metrics() if policy.program_metadata else None
+    serving_metrics = await engine.agentflow_metrics() if policy.program_aware else None
     return {
         "speed_check": speed,
         "serving_metrics": serving_metrics,

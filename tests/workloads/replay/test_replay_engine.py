@@ -90,3 +90,23 @@ async def test_throughput_probe_alternates_stock_and_agentflow_on_one_engine(eng
     assert stock["step_s"] > 0 and agentflow["step_s"] > 0
     assert stock["scheduler_s_per_step"] > 0 and agentflow["scheduler_s_per_step"] > 0
     assert len(agentflow["paired_cost_pct"]) == 2 and agentflow["cost_median_pct"] is not None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("serving._scheduler") is None, reason="no program-aware scheduler")
+@pytest.mark.parametrize(("policy", "counter"), [("agentflow:session", "by_session"), ("agentflow:none", "by_chain")])
+async def test_clients_sending_less_are_still_recognised(engine: EmbeddedEngine, policy: str, counter: str) -> None:
+    await engine.configure_scheduler(identify_by_chain=True)
+    try:
+        before = await engine.agentflow_metrics()
+        settings = ReplaySettings(policy=POLICIES[policy], seed=13, concurrency=2)
+        outcomes, _ = await replay_programs(engine, _programs(2), settings)
+        after = await engine.agentflow_metrics()
+    finally:
+        await engine.configure_scheduler(identify_by_chain=False, pinning=False)
+        await engine.configure_scheduler(pinning=True)
+    assert before is not None and after is not None
+    assert all(o.error is None for o in outcomes), [o.error for o in outcomes]
+    assert after["requests"]["with_metadata"] == before["requests"]["with_metadata"]
+    # Sessions: every call; chains: at least every later turn (first turns are plain until learned).
+    expected = 2 * 3 if counter == "by_session" else 2 * 2
+    assert after["requests"][counter] - before["requests"][counter] >= expected

@@ -248,3 +248,76 @@ def test_machine_check_flags_unequal_runs() -> None:
     uneven = _machine_check({"vllm": fig(0.025), "agentflow": fig(0.5)})
     assert uneven["warning"] is not None and "idle machine" in uneven["warning"]
     assert _machine_check({"vllm": fig(0.025)})["speed_spread_pct"] is None
+
+
+def test_continuum_and_client_metadata_figures_are_judged_when_they_ran() -> None:
+    figures = serving_figures(
+        _report(
+            {
+                "vllm": _policy(90.0, 120.0),
+                "continuum": _policy(30.0, 60.0),
+                "agentflow": _policy(20.0, 50.0, cost_pct=1.0),
+                "agentflow:none": _policy(24.0, 55.0),
+            }
+        )
+    )
+    assert figures["mean_jct_ratio_vs_continuum"] == pytest.approx(1.5)
+    assert figures["p95_jct_ratio_vs_continuum"] == pytest.approx(1.2)
+    # (90 / 24) / (90 / 20): the share of the full-metadata gain a client sending nothing keeps.
+    assert figures["client_metadata_recovery_none"] == pytest.approx(20 / 24)
+    assert figures["pass"]["client_metadata_recovery_none"] is True
+    assert "mean_jct_ratio_vs_priority" not in figures["targets"]  # priority did not run: not judged
+    weak = serving_figures(
+        _report({"vllm": _policy(90.0, 120.0), "agentflow": _policy(20.0, 50.0), "agentflow:session": _policy(30, 60)})
+    )
+    assert weak["client_metadata_recovery_session"] == pytest.approx(20 / 30)
+    assert weak["pass"]["client_metadata_recovery_session"] is False
+
+
+def test_client_metadata_swaps_or_adds_the_agentflow_variant() -> None:
+    from workloads.replay._run import POLICIES, with_client_metadata
+
+    assert with_client_metadata(("vllm", "agentflow"), "none") == ("vllm", "agentflow:none")
+    assert with_client_metadata(("vllm", "agentflow"), "full") == ("vllm", "agentflow")
+    with pytest.raises(UserError):
+        with_client_metadata(("agentflow",), "some")
+    assert POLICIES["agentflow:session"].client_metadata == "session" and POLICIES["vllm:aa"].scheduler_cls is None
+    assert dict(POLICIES["continuum"].knobs)["fixed_ttl_s"] == 2.0 and POLICIES["continuum"].program_metadata
+
+
+def test_a_policy_named_twice_is_refused() -> None:
+    from workloads.replay._runner import ReplayOptions
+
+    with pytest.raises(UserError, match="vllm:aa"):
+        ReplayOptions(policies=("vllm", "vllm"), rate_per_s=1.0)
+
+
+def test_sweep_figures_judge_each_rate_against_the_aa_spread() -> None:
+    from workloads.replay._sweep import render_sweep, sweep_figures
+
+    def rate(vllm: float, aa: float, ours: float, none: float, queued: tuple[float, float, float]) -> dict[str, Any]:
+        return {
+            "vllm": {**_policy(vllm, vllm), "queueing_delay_mean_s": queued[0]},
+            "vllm:aa": {**_policy(aa, aa), "queueing_delay_mean_s": queued[1]},
+            "continuum": _policy(vllm * 0.8, vllm),
+            "agentflow": {**_policy(ours, ours), "queueing_delay_mean_s": queued[2]},
+            "agentflow:none": _policy(none, none),
+        }
+
+    figures = sweep_figures(
+        {"0.25": rate(10.0, 10.4, 10.2, 10.3, (0.5, 0.45, 0.52)), "4": rate(40.0, 41.0, 20.0, 25.0, (9, 9, 3))}
+    )
+    low = figures["rates"]["0.25"]
+    assert low["aa_spread"] == pytest.approx(1 - 10 / 10.4)
+    # 10 / 10.2 = 0.980 >= 1 - 0.038: within the machine's noise, so no slower.
+    assert figures["no_slower_than_vllm"] == {
+        "agentflow@0.25": True,
+        "agentflow:none@0.25": True,
+        "agentflow@4": True,
+        "agentflow:none@4": True,
+    }
+    assert figures["queueing_at_lowest_rate"]["pass"] is True  # 0.52 <= 0.5 + |0.5 - 0.45|
+    assert figures["all_pass"] is True
+    slower = sweep_figures({"1": rate(10.0, 10.0, 12.0, 10.0, (1, 1, 2))})
+    assert slower["no_slower_than_vllm"]["agentflow@1"] is False and slower["all_pass"] is False
+    assert "agentflow:none" in render_sweep(figures)
