@@ -46,6 +46,7 @@ class Link:
     """A finished request that a later prompt may extend."""
 
     link_id: int
+    request_id: str  # the finished request's
     program_id: str | None  # the program it belonged to; None: a plain request (a program only if continued)
     session: str | None
     turn: int  # its turn within its program (0: the first)
@@ -85,6 +86,7 @@ class ChainIndex:
     def add(
         self,
         *,
+        request_id: str,
         program_id: str | None,
         session: str | None,
         turn: int,
@@ -102,6 +104,7 @@ class ChainIndex:
         tail = (*prompt[prompt_blocks * block_size :], *output[:OUTPUT_TOKENS_CHECKED])
         link = Link(
             link_id=self._next_id,
+            request_id=request_id,
             program_id=program_id,
             session=session,
             turn=turn,

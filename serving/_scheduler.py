@@ -87,6 +87,7 @@ _EXPECTED_DECODE_TOKENS_CAP = 256  # max_tokens is a cap, not a forecast: bound 
 _MAX_REJECTION_LOGS = 20
 _STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
 _MAX_FACTS = 4096  # per-request facts kept for their callers
+_MAX_ATTRIBUTIONS = 4096  # recent requests' programs, for a client checking the scheduler's attribution
 _TRACK_NEW_CHAINS_P_NEXT = 0.5  # a request that continues nothing starts a program once most turns are continued
 
 
@@ -219,6 +220,8 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._rejections_logged = 0
         # caller's request id -> what scheduling did to it (read once when it finishes; bounded)
         self._facts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # caller's request id -> the program the scheduler put it in (None: plain), recent requests only
+        self._attributions: OrderedDict[str, str | None] = OrderedDict()
         self._apply_block_limit(self.clock.monotonic())
 
     # -- control plane (serving._control.SchedulerControl) -----------------------------------------
@@ -259,6 +262,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 "usage": round(port.usage(), 4),
             },
             "knobs": self.knobs.model_dump(),
+            "attributions": dict(self._attributions),
         }
 
     def configure(self, **updates: Any) -> dict[str, Any]:
@@ -311,7 +315,10 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     def add_request(self, request: Any) -> None:
         now = self.clock.monotonic()
         # A streaming continuation (the same id again) is its request's, not a new one.
-        identified = None if request.request_id in self.requests else self._identify(request, now)
+        streaming = request.request_id in self.requests
+        identified = None if streaming else self._identify(request, now)
+        if not streaming:
+            self._attribute(request.request_id, identified.metadata.program_id if identified else None)
         if identified is None:
             self._metrics.requests_without_metadata += 1
             super().add_request(request)
@@ -411,6 +418,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 self._gaps.observe_gap(session, now - link.finished_s)
             if link.program_id is None:
                 link.program_id = self._new_program_id(session)
+                self._attribute(link.request_id, link.program_id)  # its first turn was plain until now
             metadata = ProgramMetadata(program_id=link.program_id, turn=link.turn + 1)
             return _Identified(metadata, identity, session, link.program_arrival_s)
         if session is None and self._gaps.p_next(None) < _TRACK_NEW_CHAINS_P_NEXT:
@@ -440,6 +448,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         if tracked is None and not self.knobs.identify_by_chain:
             return None  # a plain request is only continued by a chain (a session's requests are tracked)
         return self._chains.add(
+            request_id=request.request_id,
             program_id=tracked.program.program_id if tracked is not None else None,
             session=tracked.session if tracked is not None else None,
             turn=tracked.metadata.turn if tracked is not None else 0,
@@ -581,6 +590,13 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             request_id, {"queue_delay_s": delay_s, "cached_tokens": num_cached_tokens, "pin_hit": pin_hit}
         )
 
+    def _attribute(self, request_id: str, program_id: str | None) -> None:
+        key = _vllm.external_request_id(request_id)
+        self._attributions[key] = program_id
+        self._attributions.move_to_end(key)
+        while len(self._attributions) > _MAX_ATTRIBUTIONS:
+            self._attributions.popitem(last=False)
+
     def _record_facts(self, request_id: str, facts: dict[str, Any]) -> None:
         self._facts[_vllm.external_request_id(request_id)] = facts
         while len(self._facts) > _MAX_FACTS:  # callers that never read theirs (servers) must not grow it
@@ -624,6 +640,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             return False
         _, choice = decided
         link.program_id = self._new_program_id(None)
+        self._attribute(link.request_id, link.program_id)
         metadata = ProgramMetadata(program_id=link.program_id)
         program = self._programs.touch(metadata, now_s=now, arrival_s=request.arrival_time)
         rank = rank_of(plain_key(request_id=request.request_id, arrival_s=request.arrival_time, user_priority=0))

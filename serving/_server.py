@@ -323,7 +323,7 @@ async def _run_command(scope: Scope, command: BaseModel, send: Send, *, detail: 
 
 
 # Lists in the scheduler's metrics that name programs: only a caller holding the API key sees them.
-_PER_PROGRAM = ("admissions", "recent_pins")
+_PER_PROGRAM = ("admissions", "recent_pins", "attributions")
 
 
 def aggregate_metrics(metrics: Any) -> Any:

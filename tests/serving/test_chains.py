@@ -23,7 +23,7 @@ def hashes(tokens: Sequence[int]) -> list[bytes]:
 
 
 def finish(index: ChainIndex, prompt: list[int], output: list[int], *, now_s: float = 0.0, **kw: object) -> object:
-    fields = {"program_id": None, "session": None, "turn": 0, "program_arrival_s": 1.0, **kw}
+    fields = {"request_id": "r", "program_id": None, "session": None, "turn": 0, "program_arrival_s": 1.0, **kw}
     return index.add(hashes=hashes(prompt + output), prompt=prompt, output=output, block_size=B, now_s=now_s, **fields)
 
 

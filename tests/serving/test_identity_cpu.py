@@ -182,3 +182,13 @@ def test_program_fields_switched_off_are_ignored(model_dir: Path) -> None:
     h.add("f0", token_prompt(3 * BLOCK, "fields"), extra_args=program_metadata("P", 0))
     h.run()
     assert h.metrics()["requests"]["with_metadata"] == 0 and h.metrics()["pins"]["created"] == 0
+
+
+def test_every_turn_is_attributed_to_its_program_the_first_one_once_continued(model_dir: Path) -> None:
+    h = harness(model_dir, num_blocks=128)
+    first = run_chain(h, "one", 3)  # a fresh scheduler: the first turn is plain when it arrives
+    second = run_chain(h, "two", 3)
+    attributions = h.metrics()["attributions"]
+    programs = [{attributions[request_id] for request_id in ids} for ids in (first, second)]
+    assert all(len(p) == 1 and None not in p for p in programs), attributions
+    assert programs[0] != programs[1]
