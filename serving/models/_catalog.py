@@ -202,7 +202,7 @@ CATALOG: dict[str, ModelSpec] = {
                 num_kv_heads=2,
                 head_dim=128,
                 vocab_size=_QWEN25_VOCAB,
-                tie_word_embeddings=True,
+                tie_word_embeddings=False,  # as the 0.5B: output.weight is in the GGUF
                 qkv_bias=True,
                 context_length=_QWEN25_CONTEXT,
             ),

@@ -52,10 +52,10 @@ MARKER_FILENAME = ".agentflow-prepared.json"
 FORMAT_VERSION = 1  # bump when the conversion's output changes, so old caches are redone
 _MiB, _GiB = 1024**2, 1024**3
 _DISK_MARGIN_BYTES = 512 * _MiB
-# Measured peak of a conversion: the interpreter with torch and transformers, the tokenizer
-# built from the GGUF metadata, one slice of rows; plus the largest tensor's rows in float32
-# for processors that need whole tensors. See memory_needed().
-_CONVERT_BASE_BYTES = int(2.5 * _GiB)
+# A conversion's peak: the interpreter with torch and transformers, the GGUF metadata parsed
+# and the tokenizer built from it, one slice of rows (measured: 0.9 GiB for SmolLM2, 1.6 GiB
+# for the Qwen2.5 models with their 151k-token vocabulary), with headroom. See memory_needed().
+_CONVERT_BASE_BYTES = 2 * _GiB
 
 
 def _free_disk_bytes(path: Path) -> int:
@@ -120,8 +120,13 @@ def spec_for_dir(path: Path) -> ModelSpec | None:
 
 
 def memory_needed(spec: ModelSpec) -> int:
-    """Bytes of available memory a conversion of `spec` needs (measured base + whole largest tensor)."""
-    return _CONVERT_BASE_BYTES + 2 * spec.architecture.largest_tensor_elements * 4
+    """Bytes of available memory a conversion of `spec` needs.
+
+    Tensors are converted a slice of rows at a time, except where the architecture's processor
+    reorders rows (llama's q/k): there the largest tensor is held whole, in float32, about 3 times.
+    """
+    whole_tensors = spec.architecture.model_type == "llama"
+    return _CONVERT_BASE_BYTES + (3 * spec.architecture.largest_tensor_elements * 4 if whole_tensors else 0)
 
 
 def prepare_model(

