@@ -49,6 +49,7 @@ EXPORTS: dict[str, set[str]] = {
         "MODEL_ENV",
         "ProgramAwareBackend",
         "ProgramMetadata",
+        "ToolCall",
         "resolve_backend",
     },
     "agentflow.metadata": {
