@@ -1,0 +1,5 @@
+"""Counting games."""
+
+from games.fizzbuzz import fizzbuzz
+
+__all__ = ["fizzbuzz"]
