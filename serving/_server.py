@@ -50,6 +50,7 @@ from serving._http import (
     with_length,
 )
 from serving._identity import request_session
+from serving._tool_calls import parse_tool_calls
 
 __all__ = ["ProgramMetadataMiddleware", "ServeOptions", "configure_access", "rewrite_body", "serve", "vllm_server_args"]
 
@@ -72,6 +73,7 @@ class ServeOptions:
     block_size: int = 32
     scheduler_cls: str | None = PROGRAM_AWARE_SCHEDULER  # None: vLLM's stock scheduler
     scheduler_knobs: dict[str, Any] | None = None  # serving._knobs.SchedulerKnobs
+    tool_calls: bool = True  # OpenAI tool calling: the model's template renders `tools`, replies are parsed
     seed: int = 0
     extra_args: tuple[str, ...] = ()  # passed to vLLM as they are
 
@@ -96,11 +98,15 @@ def vllm_server_args(options: ServeOptions) -> list[str]:
         argv += ["--scheduler-cls", options.scheduler_cls]
     if options.scheduler_knobs:
         argv += ["--additional-config", json.dumps({_vllm.SCHEDULER_KNOBS_KEY: options.scheduler_knobs})]
+    if options.tool_calls:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", _vllm.TOOL_CALL_PARSER]
     return argv + list(options.extra_args)
 
 
 def serve(options: ServeOptions) -> None:
     """Run the server until interrupted."""
+    if options.tool_calls:
+        _vllm.register_tool_parser(lambda text: parse_tool_calls(text, bare_json=True))
     _vllm.run_openai_server(vllm_server_args(options), on_args=configure_access)
 
 

@@ -35,6 +35,7 @@ vLLM through this module only:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -579,6 +580,45 @@ def _num_hashed(blocks: Any) -> int:
             break
         count += 1
     return count
+
+
+TOOL_CALL_PARSER = "agentflow"  # `--tool-call-parser` name of `register_tool_parser`'s parser
+
+
+def register_tool_parser(parse: Callable[[str], Any]) -> None:
+    """Register vLLM's `hermes` tool parser with `parse` for whole replies, as `--tool-call-parser agentflow`.
+
+    `parse(text)` returns an object with `content`, `calls` (each with `name` and `arguments`)
+    and `error` (`serving._tool_calls.ParsedToolCalls`): it reads `<tool_call>` blocks as
+    `hermes` does and also the bare JSON small models write. Streamed replies are read by
+    `hermes` itself (tagged calls only).
+    """
+    from vllm.entrypoints.generate.base.protocol import ExtractedToolCallInformation, FunctionCall, ToolCall
+    from vllm.logger import init_logger
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+    from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
+
+    log = init_logger("agentflow.tool_calls")
+
+    class AgentflowToolParser(Hermes2ProToolParser):  # type: ignore[misc]
+        def extract_tool_calls(self, model_output: str, request: Any) -> Any:
+            parsed = parse(model_output)
+            if parsed.error is not None:
+                log.info("reply not read as a tool call: %s", parsed.error[:300])
+            if not parsed.calls:
+                return ExtractedToolCallInformation(tools_called=False, tool_calls=[], content=model_output)
+            calls = [
+                ToolCall(
+                    type="function",
+                    function=FunctionCall(name=call.name, arguments=json.dumps(call.arguments, ensure_ascii=False)),
+                )
+                for call in parsed.calls
+            ]
+            return ExtractedToolCallInformation(
+                tools_called=True, tool_calls=calls, content=parsed.content or None
+            )
+
+    ToolParserManager.register_module(name=TOOL_CALL_PARSER, module=AgentflowToolParser, force=True)
 
 
 def run_openai_server(argv: list[str], *, on_args: Callable[..., None] | None = None) -> None:

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from agentflow.backends import Completion, LLMRequest
+from agentflow.backends import Completion, LLMRequest, ToolCall
 from agentflow.exceptions import UserError
+from serving._tool_calls import parse_tool_calls
 from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk
 from serving.models import CATALOG, catalog_dir, lookup
 
@@ -23,7 +24,7 @@ __all__ = ["EmbeddedBackend", "model_path"]
 class EmbeddedBackend:
     """`LLMBackend` over the process-wide embedded engine for its configuration.
 
-    `model_dir=None` serves the default catalog model (SmolLM2-135M-Instruct); a catalog name
+    `model_dir=None` serves the default catalog model (Qwen2.5-Coder-0.5B-Instruct); a catalog name
     (`"qwen2.5-coder-1.5b"`, see `serving.models.CATALOG`) serves that model, prepared on the
     engine's first start; a path (with a `/`, or an existing directory) serves a local Hugging
     Face model directory. `engine_options` are `EngineConfig` fields
@@ -32,6 +33,11 @@ class EmbeddedBackend:
 
     `LLMRequest.extra` keys read here (others belong to other backends and are ignored):
     `ignore_eos`, `priority`, `request_id`, `extra_args` (merged under the program metadata).
+
+    Native tool calling: `LLMRequest.tools` go through the model's own chat template, and its
+    answer is parsed into `Completion.tool_calls` (`serving._tool_calls`: `<tool_call>` blocks, or
+    the bare JSON small models write); what looks like a call but is not one is
+    `Completion.tool_call_error`. `tool_choice="none"` renders the tools but reads no call.
     """
 
     name = "embedded"
@@ -64,9 +70,17 @@ class EmbeddedBackend:
             num_completion_tokens += len(chunk.token_ids)
             last = chunk
         assert last is not None and last.finished, "generate() ends with a finished chunk"
+        text = "".join(texts)
+        tool_calls: tuple[ToolCall, ...] = ()
+        tool_call_error = None
+        if request.tools and request.tool_choice != "none":
+            parsed = parse_tool_calls(text, bare_json=True)
+            text, tool_calls, tool_call_error = parsed.content, parsed.calls, parsed.error
         return Completion(
-            text="".join(texts),
-            finish_reason=last.finish_reason,
+            text=text,
+            tool_calls=tool_calls,
+            tool_call_error=tool_call_error,
+            finish_reason="tool_calls" if tool_calls else last.finish_reason,
             prompt_tokens=last.num_prompt_tokens,
             completion_tokens=num_completion_tokens,
             cached_tokens=last.num_cached_tokens,
@@ -121,7 +135,7 @@ class EmbeddedBackend:
             # The first load may convert the default model (~20 s): keep it off the loop.
             await asyncio.to_thread(lambda: self.engine.tokenizer)
             self._tokenizer_loaded = True
-        return self.engine.apply_chat_template(request.messages)
+        return self.engine.apply_chat_template(request.messages, tools=request.tools)
 
 
 def model_path(model: str | os.PathLike[str] | None) -> Path | None:

@@ -53,7 +53,7 @@ class EngineConfig:
     """How to build the embedded engine. Equal configs share one engine per process."""
 
     model_dir: Path | None = None  # None: the default model; catalog models are prepared on first start
-    kv_cache_bytes: int = 1 * _GiB  # SmolLM2-135M: 23,040 B/token in bf16 -> ~46k tokens
+    kv_cache_bytes: int = 1 * _GiB  # Qwen2.5-Coder-0.5B: 12,288 B/token in bf16 -> ~87k tokens
     max_model_len: int = 4096
     block_size: int = 32  # tokens per KV block; vLLM's CPU backend wants a multiple of 32
     max_num_seqs: int = 64  # most requests decoded in one step
@@ -272,10 +272,24 @@ class EmbeddedEngine:
                 self._tokenizer = _load_tokenizer(self._model_dir())
             return self._tokenizer
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-        """Chat messages -> the prompt text the model was trained on (ChatML for SmolLM2)."""
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """Chat messages -> the prompt text the model was trained on (its own chat template).
+
+        `tools`: OpenAI function-tool specs, rendered by the template's own tools section (Qwen2.5:
+        a `<tools>` block and the `<tool_call>` format); a template without one ignores them.
+        Messages may carry assistant `tool_calls` and `tool` results, as OpenAI's API has them.
+        """
         text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+            [dict(m) for m in messages],
+            tools=[dict(t) for t in tools] if tools else None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
         assert isinstance(text, str)
         return text

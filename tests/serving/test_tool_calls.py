@@ -62,3 +62,73 @@ def test_openai_format_tool_calls() -> None:
     assert calls == (ToolCall(id="a", name="f", arguments={"x": 1}),)
     assert error is not None and "g: arguments are not JSON" in error
     assert calls[0].to_message() == {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+
+
+# -- the bare JSON small models answer with (tools offered) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',
+        '```json\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n```',
+        'Sure:\n```\n{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}\n```',
+        '[{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}"}]',
+        '{"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}',
+    ],
+    ids=["bare", "fenced", "fenced-parameters", "list", "openai-shape"],
+)
+def test_bare_json_calls_are_read_when_tools_were_offered(text: str) -> None:
+    parsed = parse_tool_calls(text, bare_json=True)
+    assert parsed.error is None
+    assert parsed.calls == (ToolCall(id="call_0", name="get_weather", arguments={"city": "Paris", "unit": "celsius"}),)
+    assert parse_tool_calls(text).calls == ()  # without tools offered, it is only text
+
+
+def test_several_bare_calls_in_a_row_are_parallel_calls() -> None:
+    text = '{"name": "f", "arguments": {"x": 1}}\n{"name": "f", "arguments": {"x": 2}}'
+    parsed = parse_tool_calls(text, bare_json=True)
+    assert [c.arguments["x"] for c in parsed.calls] == [1, 2] and [c.id for c in parsed.calls] == ["call_0", "call_1"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Paris is the capital of France.", "Use a list like [1, 2] here.", '```python\nprint({"a": 1})\n```'],
+)
+def test_prose_and_json_that_is_no_call_stay_content(text: str) -> None:
+    parsed = parse_tool_calls(text, bare_json=True)
+    assert parsed.calls == () and parsed.error is None and parsed.content == text.strip()
+
+
+def test_a_bare_call_that_is_not_json_says_why() -> None:
+    parsed = parse_tool_calls('{"name": "f", "arguments": {"x": 1', bare_json=True)
+    assert parsed.calls == () and parsed.error is not None and "not JSON" in parsed.error
+
+
+# -- the server's parser (`agentflow serve --tool-call-parser agentflow`) -------------------------------------
+
+
+def test_the_servers_tool_parser_reads_bare_and_tagged_calls() -> None:
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    from serving import _vllm
+
+    _vllm.register_tool_parser(lambda text: parse_tool_calls(text, bare_json=True))
+    parser = ToolParserManager.get_tool_parser(_vllm.TOOL_CALL_PARSER)(tokenizer=object())  # no tokens read
+    bare = parser.extract_tool_calls('```json\n{"name": "f", "arguments": {"x": 1}}\n```', request=None)
+    assert bare.tools_called and bare.tool_calls[0].function.name == "f"
+    assert bare.tool_calls[0].function.arguments == '{"x": 1}'
+    tagged = parser.extract_tool_calls('Sure.<tool_call>{"name": "g", "arguments": {}}</tool_call>', request=None)
+    assert tagged.tools_called and tagged.content == "Sure."
+    prose = parser.extract_tool_calls("No tool needed.", request=None)
+    assert not prose.tools_called and prose.content == "No tool needed."
+
+
+def test_serve_turns_tool_calling_on_with_the_agentflow_parser() -> None:
+    from pathlib import Path
+
+    from serving._server import ServeOptions, vllm_server_args
+
+    argv = vllm_server_args(ServeOptions(model_dir=Path("/m")))
+    assert argv[argv.index("--tool-call-parser") + 1] == "agentflow" and "--enable-auto-tool-choice" in argv
+    assert "--enable-auto-tool-choice" not in vllm_server_args(ServeOptions(model_dir=Path("/m"), tool_calls=False))
