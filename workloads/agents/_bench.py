@@ -125,7 +125,7 @@ def run_agents_bench(options: AgentsBenchOptions) -> dict[str, Any]:
         say(f"[{label}] ready after {server.startup_s:.0f} s; running {options.agents} agents")
         try:
             before = server.prometheus()
-            agents = asyncio.run(_run_agents(options, install, builtin, tasks, spec, run_dir))
+            agents = asyncio.run(_run_agents(options, install, builtin, tasks, spec, run_dir, server))
             after = server.prometheus()
             scheduler = server.scheduler_metrics()
         finally:
@@ -144,7 +144,7 @@ def run_agents_bench(options: AgentsBenchOptions) -> dict[str, Any]:
 class AgentRun:
     name: str
     task: str
-    seed: int
+    seed: int | None
     wall_s: float = 0.0
     returncode: int | None = None
     timed_out: bool = False
@@ -160,18 +160,34 @@ async def _run_agents(
     tasks: list[Task],
     spec: ServerSpec,
     run_dir: Path,
+    server: ServerProcess,
 ) -> list[AgentRun]:
     names = [f"agent{i}" for i in range(options.agents)]
     group = ProxyGroup(spec.base, names, timeout_s=options.agent_timeout_s + 60)
     await group.start()
     try:
-        runs = [
-            _launch(i, options, install, builtin, tasks[i % len(tasks)], spec, proxy, run_dir)
-            for i, proxy in enumerate(group.proxies)
-        ]
-        return list(await asyncio.gather(*runs))
+        runs = asyncio.gather(
+            *(
+                _launch(i, options, install, builtin, tasks[i % len(tasks)], spec, proxy, run_dir)
+                for i, proxy in enumerate(group.proxies)
+            )
+        )
+        watch: asyncio.Future[Any] = asyncio.ensure_future(_watch(server))
+        pending: set[asyncio.Future[Any]] = {runs, watch}
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done:  # the server died under the agents: stop them, say so
+            runs.cancel()
+            await asyncio.gather(runs, return_exceptions=True)
+            raise UserError(f"the {server.kind} server died during the run (log: {server.log_path})")
+        watch.cancel()
+        return list(runs.result())
     finally:
         await group.stop()
+
+
+async def _watch(server: ServerProcess) -> None:
+    while server.alive():
+        await asyncio.sleep(1.0)
 
 
 async def _launch(
@@ -186,7 +202,8 @@ async def _launch(
 ) -> AgentRun:
     agent_dir = run_dir / proxy.agent
     repo = copy_task(task, agent_dir / "repo")
-    settings = replace(options.settings, seed=options.settings.seed + index)
+    seed = options.settings.seed
+    settings = replace(options.settings, seed=None if seed is None else seed + index)
     overrides = agent_overrides(
         settings, base_url=proxy.base_url, api_key=spec.api_key, model_name=spec.served_model_name, cwd=repo
     )
@@ -207,6 +224,10 @@ async def _launch(
             run.timed_out = True
             _kill_group(process.pid)
             run.returncode = await process.wait()
+        except asyncio.CancelledError:
+            _kill_group(process.pid)
+            await process.wait()
+            raise
     run.wall_s = time.monotonic() - started
     run.exit_status = "Timeout" if run.timed_out else _exit_status(trajectory)
     run.solved = await asyncio.to_thread(run_task_tests, repo, python=str(install.python))
@@ -393,7 +414,12 @@ def register_bench() -> None:
     parser.add_argument("--steps", type=int, default=defaults.step_limit, help="the agent's step limit (model calls)")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="max tokens per reply")
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--seed", type=int, default=0, help="agent i sends seed + i with each request")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="agent i sends seed + i with each request (default: none; stock vLLM on CPU may crash on seeds)",
+    )
     parser.add_argument("--agent-timeout", type=float, default=600.0, help="seconds before an agent is killed")
     parser.add_argument(
         "--servers",

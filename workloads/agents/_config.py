@@ -25,8 +25,10 @@ class AgentSettings:
 
     step_limit: int = 8  # model calls per agent
     max_tokens: int = 192  # per reply: bounds a turn's decode time on a CPU
-    temperature: float = 0.7
-    seed: int = 0  # vLLM's per-request seed: the same replies from either server
+    # Greedy: the same replies from either server, without per-request seeds (stock vLLM 0.32 on CPU
+    # dies on a seeded request whose sampled token it rewinds: "CPU Generator does not use offset").
+    temperature: float = 0.0
+    seed: int | None = None  # sent with each request when set
     command_timeout_s: int = 20  # one shell command of the agent's
 
 
@@ -34,6 +36,9 @@ def agent_overrides(
     settings: AgentSettings, *, base_url: str, api_key: str, model_name: str, cwd: Path
 ) -> dict[str, Any]:
     """The keys of mini-swe-agent's config the bench sets (both v1 and v2 read these)."""
+    sampling: dict[str, Any] = {"max_tokens": settings.max_tokens, "temperature": settings.temperature}
+    if settings.seed is not None:
+        sampling["seed"] = settings.seed
     return {
         "agent": {"step_limit": settings.step_limit, "cost_limit": 0, "mode": "yolo", "confirm_exit": False},
         "environment": {"cwd": str(cwd), "timeout": settings.command_timeout_s},
@@ -43,9 +48,7 @@ def agent_overrides(
             "model_kwargs": {
                 "api_base": base_url,
                 "api_key": api_key,
-                "max_tokens": settings.max_tokens,
-                "temperature": settings.temperature,
-                "seed": settings.seed,
+                **sampling,
             },
         },
     }

@@ -8,6 +8,7 @@ stock one is vLLM's own CLI without our middleware and scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -168,9 +169,16 @@ class ServerProcess:
         self.stop()
         raise UserError(f"{self.kind} server not ready after {timeout_s:.0f} s (log: {self.log_path})")
 
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
+            return
+        if process.poll() is not None:  # it died: what it started may still run
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             return
         try:
             os.killpg(process.pid, signal.SIGTERM)

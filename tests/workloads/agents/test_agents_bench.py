@@ -101,6 +101,8 @@ def test_config_keeps_the_agents_own_and_sets_only_the_server(tmp_path: Path) ->
         "temperature": 0.5,
         "seed": 7,
     }
+    greedy = agent_overrides(AgentSettings(), base_url="u", api_key="k", model_name="m", cwd=tmp_path)
+    assert "seed" not in greedy["model"]["model_kwargs"] and greedy["model"]["model_kwargs"]["temperature"] == 0.0
     # nothing that names a program or a session
     text = json.dumps(config)
     for key in ("program_id", "session_id", "x-session-id", "prompt_cache_key", "vllm_xargs", '"user"'):
