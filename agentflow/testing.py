@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentflow.backends import Completion, LLMRequest
+from agentflow.backends.tool_calls import parse_tool_calls
 
 __all__ = ["ScriptedLLM"]
 
@@ -43,6 +44,9 @@ class ScriptedLLM:
     chars_per_token: int | None = None
     name: str = "scripted"
     supports_grammar: bool = False
+    # Read replies to requests that offer tools into `Completion.tool_calls`, as a backend with
+    # native tool calling reads its model's reply (`<tool_call>` blocks, bare JSON).
+    native_tool_calls: bool = False
     requests: list[LLMRequest] = field(default_factory=list)
     _replies: list[str] | None = None
 
@@ -76,6 +80,15 @@ class ScriptedLLM:
     async def complete(self, request: LLMRequest) -> Completion:
         parts = [piece async for piece in self.stream(request)]
         text = "".join(parts)
+        if self.native_tool_calls and request.tools and request.tool_choice != "none":
+            parsed = parse_tool_calls(text, bare_json=True)
+            return Completion(
+                text=parsed.content,
+                tool_calls=parsed.calls,
+                tool_call_error=parsed.error,
+                finish_reason="tool_calls" if parsed.calls else "stop",
+                completion_tokens=len(parts),
+            )
         return Completion(text=text, finish_reason="stop", completion_tokens=len(parts))
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:

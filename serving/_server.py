@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agentflow.backends.tool_calls import parse_tool_calls
 from agentflow.exceptions import MetadataError
 from agentflow.metadata import PROGRAM_KEYS, ProgramMetadata, describe_validation
 from serving import _vllm
@@ -50,7 +51,6 @@ from serving._http import (
     with_length,
 )
 from serving._identity import request_session
-from serving._tool_calls import parse_tool_calls
 
 __all__ = ["ProgramMetadataMiddleware", "ServeOptions", "configure_access", "rewrite_body", "serve", "vllm_server_args"]
 

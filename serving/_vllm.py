@@ -589,7 +589,7 @@ def register_tool_parser(parse: Callable[[str], Any]) -> None:
     """Register vLLM's `hermes` tool parser with `parse` for whole replies, as `--tool-call-parser agentflow`.
 
     `parse(text)` returns an object with `content`, `calls` (each with `name` and `arguments`)
-    and `error` (`serving._tool_calls.ParsedToolCalls`): it reads `<tool_call>` blocks as
+    and `error` (`agentflow.backends.tool_calls.ParsedToolCalls`): it reads `<tool_call>` blocks as
     `hermes` does and also the bare JSON small models write. Streamed replies are read by
     `hermes` itself (tagged calls only).
     """

@@ -7,14 +7,15 @@ The SDK resolves the `embedded` model string to `EmbeddedBackend` by name
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from agentflow.backends import Completion, LLMRequest, ToolCall
+from agentflow.backends.tool_calls import parse_tool_calls
 from agentflow.exceptions import UserError
-from serving._tool_calls import parse_tool_calls
 from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk
 from serving.models import CATALOG, catalog_dir, lookup
 
@@ -35,7 +36,7 @@ class EmbeddedBackend:
     `ignore_eos`, `priority`, `request_id`, `extra_args` (merged under the program metadata).
 
     Native tool calling: `LLMRequest.tools` go through the model's own chat template, and its
-    answer is parsed into `Completion.tool_calls` (`serving._tool_calls`: `<tool_call>` blocks, or
+    answer is parsed into `Completion.tool_calls` (`agentflow.backends.tool_calls`: `<tool_call>` blocks, or
     the bare JSON small models write); what looks like a call but is not one is
     `Completion.tool_call_error`. `tool_choice="none"` renders the tools but reads no call.
     """
@@ -135,7 +136,28 @@ class EmbeddedBackend:
             # The first load may convert the default model (~20 s): keep it off the loop.
             await asyncio.to_thread(lambda: self.engine.tokenizer)
             self._tokenizer_loaded = True
-        return self.engine.apply_chat_template(request.messages, tools=request.tools)
+        return self.engine.apply_chat_template(_template_messages(request.messages), tools=request.tools)
+
+
+def _template_messages(messages: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """OpenAI-format messages as chat templates read them: tool-call arguments as objects, not JSON text."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [_with_object_arguments(call) for call in calls]}
+        out.append(message)
+    return out
+
+
+def _with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function")
+    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        try:
+            return {**call, "function": {**function, "arguments": json.loads(function["arguments"])}}
+        except ValueError:
+            return call  # the template renders the text as it is
+    return call
 
 
 def model_path(model: str | os.PathLike[str] | None) -> Path | None:

@@ -17,7 +17,8 @@ live_multiple, live_parallel, live_parallel_multiple, live_irrelevance, live_rel
 multi_turn_base, multi_turn_miss_func, multi_turn_miss_param, multi_turn_long_context;
 groups: all, single_turn, multi_turn, live, non_live.
 
-model strings: embedded (default; SmolLM2-135M in-process), embedded:/model/dir,
+model strings: embedded (default: Qwen2.5-Coder-0.5B in-process), embedded:NAME (a catalog model:
+smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), embedded:/model/dir,
 vllm:MODEL@URL, openai:MODEL[@URL], litellm:PROVIDER/MODEL. Test double (this runner only):
 scripted:ground_truth[@LATENCY_S] answers every record with BFCL's expected calls.
 
@@ -38,9 +39,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
     parser.add_argument(
         "--mode",
-        choices=("native", "compiled"),
+        choices=("native", "fc", "compiled"),
         default="native",
-        help="native: calls in one model turn, as BFCL prompts; compiled: the planner builds the DAG",
+        help="native: calls written as text, as BFCL prompts (its Prompt column); fc: the model's native "
+        "function calling (its FC column); compiled: the planner builds the DAG",
     )
     parser.add_argument("--model", default="embedded", help="model string (default: embedded)")
     parser.add_argument("--concurrency", type=int, default=1, help="records run at once (default 1)")

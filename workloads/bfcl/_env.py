@@ -57,6 +57,12 @@ class Bfcl:
     class_file_path_mapping: dict[str, str]
     stateless_classes: tuple[str, ...]
     func_doc_file_mapping: dict[str, str]
+    # FC mode: BFCL's function-doc -> OpenAI tool conversion, and its FC announcements and renderings
+    convert_to_tool: Any
+    gorilla_to_openapi: dict[str, str]
+    openai_style: Any  # ModelStyle.OPENAI_COMPLETIONS
+    convert_to_function_call: Any
+    additional_function_prompt_fc: str
 
 
 class _AnyModelConfig(dict[str, Any]):
@@ -107,7 +113,7 @@ def bfcl() -> Bfcl:
     _install_stand_ins()
     try:
         from bfcl_eval import utils as bfcl_utils
-        from bfcl_eval.constants import default_prompts, enums, executable_backend_config
+        from bfcl_eval.constants import default_prompts, enums, executable_backend_config, type_mappings
         from bfcl_eval.eval_checker.ast_eval import ast_checker
         from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_checker, multi_turn_utils
         from bfcl_eval.model_handler import utils as handler_utils
@@ -133,4 +139,9 @@ def bfcl() -> Bfcl:
         class_file_path_mapping=dict(executable_backend_config.CLASS_FILE_PATH_MAPPING),
         stateless_classes=tuple(executable_backend_config.STATELESS_CLASSES),
         func_doc_file_mapping=dict(executable_backend_config.MULTI_TURN_FUNC_DOC_FILE_MAPPING),
+        convert_to_tool=handler_utils.convert_to_tool,
+        gorilla_to_openapi=dict(type_mappings.GORILLA_TO_OPENAPI),
+        openai_style=enums.ModelStyle.OPENAI_COMPLETIONS,
+        convert_to_function_call=handler_utils.convert_to_function_call,
+        additional_function_prompt_fc=default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC,
     )

@@ -39,7 +39,8 @@ from workloads.bfcl._scripted import ground_truth_model, parse_scripted
 
 __all__ = ["BfclOptions", "BfclReport", "default_out_dir", "run_bfcl", "run_bfcl_async"]
 
-Mode = Literal["native", "compiled"]
+Mode = Literal["native", "fc", "compiled"]
+MODES: tuple[str, ...] = ("native", "fc", "compiled")
 RUNS_DIR = Path("agentflow-runs") / "bfcl"
 _PINNED = ("workload", "model", "mode", "max_tokens")  # settings a resumed run must share
 _DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
@@ -77,8 +78,8 @@ class BfclOptions:
             raise UserError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.max_tokens < 1:
             raise UserError(f"--max-tokens must be >= 1, got {self.max_tokens}")
-        if self.mode not in ("native", "compiled"):
-            raise UserError(f"--mode must be native or compiled, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +163,10 @@ _Runner = Callable[[BfclRecord, LLMBackend, int], Any]
 def _runner(options: BfclOptions) -> _Runner:
     if options.mode == "native":
         return lambda record, backend, max_tokens: run_native(record, backend, max_tokens=max_tokens)
+    if options.mode == "fc":
+        from workloads.bfcl._fc import run_fc
+
+        return lambda record, backend, max_tokens: run_fc(record, backend, max_tokens=max_tokens)
     from workloads.bfcl._compiled import compiled_runner
 
     return compiled_runner()
@@ -197,7 +202,7 @@ class _Models:
 
     def __init__(self, options: BfclOptions) -> None:
         self.model = options.model
-        self._compiled = options.mode == "compiled"
+        self._mode = options.mode
         self._scripted_latency_s = parse_scripted(options.model)
         self._backend: LLMBackend | None = None
         if self._scripted_latency_s is None:
@@ -206,7 +211,7 @@ class _Models:
     def for_record(self, record: BfclRecord) -> LLMBackend:
         if self._backend is not None:
             return self._backend
-        return ground_truth_model(record, latency_s=self._scripted_latency_s or 0.0, compiled=self._compiled)
+        return ground_truth_model(record, latency_s=self._scripted_latency_s or 0.0, mode=self._mode)
 
     async def start(self, needed: bool) -> float | None:
         """Warm the backend up before the clock runs (the embedded engine's start is no record's latency)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -49,15 +50,41 @@ def parse_scripted(model: str) -> float | None:
         raise UserError(f"{model!r}: latency must be seconds, e.g. scripted:ground_truth@0.5") from None
 
 
-def ground_truth_model(record: BfclRecord, *, latency_s: float = 0.0, compiled: bool = False) -> ScriptedLLM:
-    """A scripted backend that replies to this record's requests with its ground truth, in order."""
-    replies = ground_truth_plans(record) if compiled else ground_truth_replies(record)
-    return ScriptedLLM(replies, latency_s=latency_s, name="scripted:ground_truth")
+def ground_truth_model(record: BfclRecord, *, latency_s: float = 0.0, mode: str = "native") -> ScriptedLLM:
+    """A scripted backend that replies to this record's requests with its ground truth, in order.
+
+    FC mode: the replies are `<tool_call>` blocks with the tool names FC mode offers, read into
+    `Completion.tool_calls` as a native backend reads its model's reply.
+    """
+    if mode == "compiled":
+        replies = ground_truth_plans(record)
+    elif mode == "fc":
+        replies = ground_truth_tool_calls(record)
+    else:
+        replies = ground_truth_replies(record)
+    return ScriptedLLM(replies, latency_s=latency_s, name="scripted:ground_truth", native_tool_calls=mode == "fc")
 
 
 def ground_truth_replies(record: BfclRecord) -> list[str]:
     """Native mode: the replies, one per LLM call the native runner makes for this record."""
     return [_render_calls(turn) if turn else "" for turn in _calls_per_reply(record)]
+
+
+def ground_truth_tool_calls(record: BfclRecord) -> list[str]:
+    """FC mode: per LLM call, the ground truth as `<tool_call>` blocks (no call: an empty reply)."""
+    from workloads.bfcl._fc import fc_tools
+
+    functions = list(record.functions)
+    for held in record.missed_function.values():
+        functions += held
+    to_tool = {original: name for name, original in fc_tools(functions).original.items()}
+    return [
+        "".join(
+            f"<tool_call>{json.dumps({'name': to_tool.get(name, name), 'arguments': args})}</tool_call>"
+            for name, args in calls or []
+        )
+        for calls in _calls_per_reply(record)
+    ]
 
 
 def ground_truth_plans(record: BfclRecord) -> list[str]:

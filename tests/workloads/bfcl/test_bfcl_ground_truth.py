@@ -24,7 +24,7 @@ def test_every_offline_category_is_covered() -> None:
     assert len(ALL_CATEGORIES) == 15
 
 
-@pytest.mark.parametrize("mode", ["native", "compiled"])
+@pytest.mark.parametrize("mode", ["native", "fc", "compiled"])
 @pytest.mark.parametrize("category", ALL_CATEGORIES)
 def test_ground_truth_scores_100_percent(category: str, mode: str, tmp_path: Path, read_results: Callable) -> None:
     """Compiled mode: the ground truth as plans (`1. f(a=1)` ... `N. join()`) run by the planner + executor."""

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentflow.backends import ToolCall
+from agentflow.backends._protocol import ToolCall
 
 __all__ = ["ParsedToolCalls", "parse_tool_calls"]
 
