@@ -62,7 +62,8 @@ class FcTools:
 def fc_tools(functions: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> FcTools:
     """BFCL's own conversion (`convert_to_tool`, OpenAI style) of a record's function docs."""
     env = bfcl()
-    specs = tuple(env.convert_to_tool(list(functions), env.gorilla_to_openapi, env.openai_style))  # {"type", "function"}
+    # OpenAI style: each is {"type": "function", "function": {...}}
+    specs = tuple(env.convert_to_tool(list(functions), env.gorilla_to_openapi, env.openai_style))
     original = {spec["function"]["name"]: doc["name"] for spec, doc in zip(specs, functions, strict=True)}
     return FcTools(specs=specs, original=original)
 
