@@ -13,6 +13,13 @@ new conversation without any help:
   an output may be re-tokenized differently by a chat template). A request identical to a
   finished one (two programs with the same system prompt and first message) continues nothing:
   it starts its own chain.
+- A *re-ask* continues a link too, ranked below any continuation: an agent that throws away a
+  reply it could not use (mini-swe-agent 2.x on a format error) sends the same messages plus a new
+  user message, without the reply. Such a prompt repeats the link's prompt except its last few
+  tokens (the chat template's generation prompt, `REASK_SLACK` at most) and is longer. Only a
+  link already known to be a program's turn can be re-asked: a plain request with a short last
+  message would otherwise make every later request with the same system prompt its "re-ask".
+  Links are indexed a second time by the last full block before those tokens for it.
 - The deepest match wins; among equal ones a link no continuation has claimed yet, then the
   oldest. Programs whose prompts are identical so far are told apart as soon as they differ.
 - Links are partitioned by session id (`x-session-id`, `user`, ...): a session's requests only
@@ -33,9 +40,10 @@ from typing import Any
 
 from serving._estimators import DurationDistribution, ToolDurationPredictor
 
-__all__ = ["OUTPUT_TOKENS_CHECKED", "ChainIndex", "ChainMatch", "GapModel", "Link"]
+__all__ = ["OUTPUT_TOKENS_CHECKED", "REASK_SLACK", "ChainIndex", "ChainMatch", "GapModel", "Link"]
 
 OUTPUT_TOKENS_CHECKED = 8  # a continuation repeats this many of the link's first output tokens (fewer if it made fewer)
+REASK_SLACK = 8  # a re-ask may differ in this many of the link's last prompt tokens (its generation prompt)
 
 _GLOBAL = ""  # outcomes of every session
 _NO_SESSION = "\x00"  # the gap predictor's key for requests without a session (no session id is this)
@@ -54,6 +62,8 @@ class Link:
     hashes: tuple[bytes, ...]  # full blocks of its prompt and output
     prompt_blocks: int  # how many of them are its prompt's alone
     tail: tuple[int, ...]  # its prompt's tokens after the boundary, then its first output tokens
+    stable_blocks: int  # full blocks before its last REASK_SLACK prompt tokens (0: no re-ask can match)
+    reask_tail: tuple[int, ...]  # its prompt's tokens after them, up to its last REASK_SLACK
     num_prompt_tokens: int
     num_tokens: int  # prompt + output
     finished_s: float  # monotonic
@@ -63,11 +73,19 @@ class Link:
     def boundary(self) -> bytes:
         return self.hashes[self.prompt_blocks - 1]
 
+    def index_keys(self) -> list[tuple[bytes, bool]]:
+        """Where the index files it: (block hash, as a re-ask)."""
+        keys = [(self.boundary, False)]
+        if self.stable_blocks:
+            keys.append((self.hashes[self.stable_blocks - 1], True))
+        return keys
+
 
 @dataclass(frozen=True, slots=True)
 class ChainMatch:
     link: Link
     depth: int  # leading blocks the new request shares with the link
+    reask: bool = False  # the link's prompt again without its reply (see the module doc)
 
 
 class ChainIndex:
@@ -77,7 +95,7 @@ class ChainIndex:
         self.horizon_s = horizon_s
         self._max_links = max_links
         self._links: OrderedDict[int, Link] = OrderedDict()  # oldest first
-        self._by_boundary: dict[bytes, list[Link]] = {}
+        self._by_boundary: dict[bytes, list[tuple[Link, bool]]] = {}  # block hash -> (link, as a re-ask)
         self._next_id = 0
 
     def __len__(self) -> int:
@@ -102,6 +120,7 @@ class ChainIndex:
         if prompt_blocks == 0:
             return None
         tail = (*prompt[prompt_blocks * block_size :], *output[:OUTPUT_TOKENS_CHECKED])
+        stable_blocks = min(max(0, len(prompt) - REASK_SLACK) // block_size, prompt_blocks)
         link = Link(
             link_id=self._next_id,
             request_id=request_id,
@@ -112,13 +131,16 @@ class ChainIndex:
             hashes=tuple(hashes),
             prompt_blocks=prompt_blocks,
             tail=tail,
+            stable_blocks=stable_blocks,
+            reask_tail=tuple(prompt[stable_blocks * block_size : max(0, len(prompt) - REASK_SLACK)]),
             num_prompt_tokens=len(prompt),
             num_tokens=len(prompt) + len(output),
             finished_s=now_s,
         )
         self._next_id += 1
         self._links[link.link_id] = link
-        self._by_boundary.setdefault(link.boundary, []).append(link)
+        for key, reask in link.index_keys():
+            self._by_boundary.setdefault(key, []).append((link, reask))
         while len(self._links) > self._max_links:
             self._drop(next(iter(self._links.values())))
         return link
@@ -129,16 +151,15 @@ class ChainIndex:
         """The link a new request (its full blocks' hashes, its prompt) continues, if any (see the module doc)."""
         best: ChainMatch | None = None
         for i, block_hash in enumerate(hashes):
-            for link in self._by_boundary.get(block_hash, ()):
-                if link.session != session or link.prompt_blocks != i + 1:
+            for link, reask in self._by_boundary.get(block_hash, ()):
+                if link.session != session or len(prompt) <= link.num_prompt_tokens:
+                    continue  # another session's, or the same prompt again (a new program's first turn)
+                if not (_reasks(link, prompt, i, block_size) if reask else _continues(link, prompt, i, block_size)):
                     continue
-                if len(prompt) <= link.num_prompt_tokens or not _starts_with(
-                    prompt, link.tail, link.prompt_blocks * block_size
-                ):
-                    continue  # the same prompt again, or a different turn after the same prefix
                 depth = i + 1 + _shared(link.hashes, hashes, start=i + 1)
-                if best is None or _better(link, depth, best):
-                    best = ChainMatch(link, depth)
+                match = ChainMatch(link, depth, reask=reask)
+                if best is None or _better(match, best):
+                    best = match
         return best
 
     def claim(self, link: Link) -> bool:
@@ -166,11 +187,24 @@ class ChainIndex:
 
     def _drop(self, link: Link) -> None:
         self._links.pop(link.link_id, None)
-        peers = self._by_boundary.get(link.boundary)
-        if peers is not None:
-            peers[:] = [other for other in peers if other is not link]
-            if not peers:
-                del self._by_boundary[link.boundary]
+        for key, _ in link.index_keys():
+            peers = self._by_boundary.get(key)
+            if peers is not None:
+                peers[:] = [entry for entry in peers if entry[0] is not link]
+                if not peers:
+                    del self._by_boundary[key]
+
+
+def _continues(link: Link, prompt: Sequence[int], i: int, block_size: int) -> bool:
+    """Its blocks end at the link's boundary; then the rest of the link's prompt and its first output tokens."""
+    return link.prompt_blocks == i + 1 and _starts_with(prompt, link.tail, link.prompt_blocks * block_size)
+
+
+def _reasks(link: Link, prompt: Sequence[int], i: int, block_size: int) -> bool:
+    """The link's prompt up to its last REASK_SLACK tokens (then something else: a new message)."""
+    if link.program_id is None:
+        return False  # a plain request: a shared system prompt and a short message look the same
+    return link.stable_blocks == i + 1 and _starts_with(prompt, link.reask_tail, link.stable_blocks * block_size)
 
 
 def _starts_with(prompt: Sequence[int], tail: Sequence[int], start: int) -> bool:
@@ -187,12 +221,15 @@ def _shared(link_hashes: Sequence[bytes], hashes: Sequence[bytes], *, start: int
     return count
 
 
-def _better(link: Link, depth: int, best: ChainMatch) -> bool:
-    if depth != best.depth:
-        return depth > best.depth
-    if link.claimed != best.link.claimed:
-        return not link.claimed
-    return link.finished_s < best.link.finished_s
+def _better(match: ChainMatch, best: ChainMatch) -> bool:
+    """A continuation before a re-ask; then the deepest; then an unclaimed link; then the oldest."""
+    if match.reask != best.reask:
+        return not match.reask
+    if match.depth != best.depth:
+        return match.depth > best.depth
+    if match.link.claimed != best.link.claimed:
+        return not match.link.claimed
+    return match.link.finished_s < best.link.finished_s
 
 
 class GapModel:

@@ -187,3 +187,41 @@ def test_non_finite_or_negative_gaps_are_ignored() -> None:
     gaps.observe_gap(None, float("nan"))
     gaps.observe_gap(None, -1.0)
     assert gaps.num_gaps == 0 and gaps.distribution(None) is None
+
+
+# -- re-asks: the reply thrown away, a new message instead ------------------------------------------------
+
+GENERATION_PROMPT = [7001, 7002, 7003]  # what a chat template appends to ask for the assistant's turn
+
+
+def test_a_reask_without_the_reply_continues_the_link() -> None:
+    index = ChainIndex(horizon_s=60)
+    history = list(range(100, 124))  # 24 tokens: 6 blocks
+    link = finish(index, history + GENERATION_PROMPT, [500, 501, 502], program_id="P")
+    reask = history + [7004, 7005, 7006, 7007, 7008]  # the same messages, then "format error" as a user turn
+    match = find(index, reask)
+    assert match is not None and match.link is link and match.reask
+    plain = ChainIndex(horizon_s=60)
+    finish(plain, history + GENERATION_PROMPT, [500, 501, 502])  # not known to be a program's turn
+    assert find(plain, reask) is None
+
+
+def test_a_continuation_ranks_above_a_reask() -> None:
+    index = ChainIndex(horizon_s=60)
+    history = list(range(100, 124))
+    first = finish(index, history + GENERATION_PROMPT, [500, 501, 502], now_s=1.0, program_id="P")
+    continued = history + GENERATION_PROMPT + [500, 501, 502] + [9, 9, 9, 9]
+    second = finish(
+        index, continued, [600, 601], now_s=2.0, program_id="P", turn=1
+    )  # its next turn, which a re-ask of it would also fit
+    match = find(index, continued + [600, 601, 8, 8])
+    assert match is not None and match.link is second and not match.reask
+    assert find(index, history + [7004, 7005, 7006, 7007]).link is first  # the re-ask of the first
+
+
+def test_the_same_prompt_again_is_no_reask() -> None:
+    index = ChainIndex(horizon_s=60)
+    history = list(range(100, 124))
+    finish(index, history + GENERATION_PROMPT, [500], program_id="P")
+    assert find(index, history + GENERATION_PROMPT) is None  # a new program's identical first turn
+    assert find(index, history[:12] + list(range(1, 17))) is None  # diverges well before its last tokens

@@ -192,3 +192,20 @@ def test_every_turn_is_attributed_to_its_program_the_first_one_once_continued(mo
     programs = [{attributions[request_id] for request_id in ids} for ids in (first, second)]
     assert all(len(p) == 1 and None not in p for p in programs), attributions
     assert programs[0] != programs[1]
+
+
+def test_an_agent_that_throws_its_reply_away_and_asks_again_stays_one_program(model_dir: Path) -> None:
+    h = harness(model_dir, num_blocks=128)
+    warm_up(h)  # turns are continued here: a new request starts a program of its own at once
+    generation_prompt = token_prompt(3, "assistant-header")
+    history = token_prompt(4 * BLOCK, "reask:task")
+    ids = []
+    for i in range(3):  # each reply unusable: the same messages again, plus the error as a new message
+        request_id = f"reask-{i}"
+        h.add(request_id, history + generation_prompt, max_tokens=BLOCK)
+        h.finish(request_id)
+        ids.append(request_id)
+        h.clock.advance(GAP_S)
+        history = history + token_prompt(BLOCK, f"reask:error{i}")
+    attributions = h.metrics()["attributions"]
+    assert len({attributions[request_id] for request_id in ids}) == 1 and attributions[ids[0]] is not None
