@@ -7,6 +7,7 @@ Importing this package does not import vLLM. The SDK reaches the embedded engine
 from __future__ import annotations
 
 from serving._control import PROGRAM_AWARE_SCHEDULER, SchedulerControl
+from serving._server import ServeOptions, vllm_server_args
 from serving.embedded import EmbeddedBackend
 from serving.engine import EmbeddedEngine, EngineConfig, GenerationChunk, GenerationResult, QueueSnapshot
 
@@ -19,4 +20,6 @@ __all__ = [
     "GenerationResult",
     "QueueSnapshot",
     "SchedulerControl",
+    "ServeOptions",
+    "vllm_server_args",
 ]

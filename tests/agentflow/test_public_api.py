@@ -121,6 +121,8 @@ EXPORTS: dict[str, set[str]] = {
         "GenerationResult",
         "QueueSnapshot",
         "SchedulerControl",
+        "ServeOptions",
+        "vllm_server_args",
     },
 }
 

@@ -67,8 +67,7 @@ class ServerSpec:
 
 
 def _serve_options(spec: ServerSpec, *, stock: bool) -> Any:
-    from serving._control import PROGRAM_AWARE_SCHEDULER
-    from serving._server import ServeOptions
+    from serving import PROGRAM_AWARE_SCHEDULER, ServeOptions
 
     return ServeOptions(
         model_dir=spec.model_dir,
@@ -86,7 +85,7 @@ def _serve_options(spec: ServerSpec, *, stock: bool) -> Any:
 
 def stock_vllm_args(spec: ServerSpec) -> list[str]:
     """`vllm serve` arguments of the stock server: `agentflow serve`'s own, less our middleware and scheduler."""
-    from serving._server import vllm_server_args
+    from serving import vllm_server_args
 
     ours = vllm_server_args(_serve_options(spec, stock=True))
     extra = spec.extra_args()
