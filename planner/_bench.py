@@ -6,15 +6,17 @@ Figures:
   because the embedded 135M model plans too poorly for a latency comparison to mean anything.
   Tasks are 4-8 independent lookups then a combine; tools take 0.2-1 s (seeded). Planner and
   ReAct run the same tasks, tools and backend model, in the same process run.
-- `plan_valid_rate_grammar`, `plan_valid_rate_prompt_only`: fraction of plans from the embedded
-  model that parse and validate, with and without the grammar, on the same tasks.
-- `embedded`: the latency figures again on the embedded model, whatever its plan quality.
+- `plan_valid_rate_grammar`, `plan_valid_rate_prompt_only`: fraction of plans from the real
+  model (`--model`, default `embedded`) that parse and validate, with and without the grammar,
+  on the task set (`planner.taskset`: 43 tasks with exact answers).
+- `taskset`: the task set run through planner+executor and through ReAct on the real model, one
+  task at a time, tools waiting 0.2-1 s: success rates, mean latencies, the real speed-up, the
+  grammar-valid plan rate (`planner._bench_tasks`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -275,23 +277,22 @@ async def plan_validity(
     )
 
 
-async def _engine_figures(model: str | None, num_tasks: int, seed: int) -> dict[str, Any]:
-    import planner.examples as examples_module
-    from planner._cli import planner_examples
+async def _engine_figures(model: str | None, num_tasks: int | None, seed: int) -> dict[str, Any]:
+    from planner._bench_tasks import taskset_figures
+    from planner.taskset import PLANNER_EXAMPLES, TASKS, make_registry
 
-    os.environ.setdefault("AGENTFLOW_EXAMPLE_LATENCY_S", "0.3")
     backend = resolve_backend(model)
-    registry = ToolRegistry.from_module(examples_module)
-    examples = planner_examples(examples_module)
-    tasks = validity_tasks(num_tasks, seed)
+    examples = [PlanExample(task=task, plan=plan) for task, plan in PLANNER_EXAMPLES]
+    tasks = [t.text for t in (TASKS[:num_tasks] if num_tasks else TASKS)]
     start = time.perf_counter()
     await backend.start()
     startup_s = time.perf_counter() - start
-    with_grammar = await plan_validity(backend, registry, tasks, grammar=True, examples=examples)
-    prompt_only = await plan_validity(backend, registry, tasks, grammar=False, examples=examples)
-    e2e = await _engine_end_to_end(backend, registry, examples, tasks[:4])
+    registry = make_registry()  # plans only: the tools never run here
+    with_grammar = await plan_validity(backend, registry, tasks, grammar=True, examples=examples, max_tokens=384)
+    prompt_only = await plan_validity(backend, registry, tasks, grammar=False, examples=examples, max_tokens=384)
     return {
         "backend": backend.name,
+        "model": model or "embedded",
         "engine_startup_s": startup_s,
         "num_tasks": len(tasks),
         "plan_valid_rate_grammar": with_grammar.rate,
@@ -300,37 +301,7 @@ async def _engine_figures(model: str | None, num_tasks: int, seed: int) -> dict[
         "plan_s_mean_prompt_only": prompt_only.mean_s,
         "rejections_grammar": list(with_grammar.errors),
         "rejections_prompt_only": list(prompt_only.errors),
-        **e2e,
-    }
-
-
-async def _engine_end_to_end(
-    backend: LLMBackend, registry: ToolRegistry, examples: Sequence[PlanExample] | None, tasks: Sequence[str]
-) -> dict[str, Any]:
-    """Full runs on the real model: planner streamed, planner batch, ReAct (tasks one at a time)."""
-    stream_opts = PlannerOptions(max_replans=1, examples=examples, plan_max_tokens=192, join_max_tokens=128)
-    batch_opts = PlannerOptions(
-        max_replans=1, examples=examples, plan_max_tokens=192, join_max_tokens=128, stream=False
-    )
-    stream, batch, react = [], [], []
-    for task in tasks:  # one at a time: latency, not throughput
-        stream.append(await compile_and_run(task, tools=registry, model=backend, options=stream_opts))
-        batch.append(await compile_and_run(task, tools=registry, model=backend, options=batch_opts))
-        react.append(await run_react(task, tools=registry, model=backend, max_turns=6, max_tokens=96))
-    planner_s = statistics.fmean(r.wall_s for r in stream)
-    react_s = statistics.fmean(r.wall_s for r in react)
-    return {
-        "e2e_tasks": len(tasks),
-        "planner_latency_s_mean": planner_s,
-        "sequential_latency_s_mean": react_s,
-        "speedup_vs_sequential": react_s / planner_s,
-        "first_tool_start_s_stream": _mean_present(r.first_tool_start_s for r in stream),
-        "first_tool_start_s_batch": _mean_present(r.first_tool_start_s for r in batch),
-        "planner_answered": sum(r.ok for r in stream),
-        "sequential_answered": sum(r.ok for r in react),
-        "example_run": {"task": stream[0].task, "plans": list(stream[0].plans), "answer": stream[0].answer}
-        if stream
-        else None,
+        "taskset": await taskset_figures(backend, num_tasks=num_tasks, seed=seed),
     }
 
 
@@ -343,7 +314,7 @@ def _mean_present(values: Any) -> float | None:
 
 
 def run_planner_bench(
-    *, engine: bool = True, num_tasks: int = 24, model: str | None = None, seed: int = 0
+    *, engine: bool = True, num_tasks: int | None = None, model: str | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """Every figure of the planner bench (the embedded part is skipped with `engine=False`)."""
     start = time.perf_counter()
@@ -365,6 +336,9 @@ def run_planner_bench(
         embedded["bench_wall_s"] = time.perf_counter() - start
         report["plan_valid_rate_grammar"] = embedded["plan_valid_rate_grammar"]
         report["plan_valid_rate_prompt_only"] = embedded["plan_valid_rate_prompt_only"]
+        taskset = embedded["taskset"]
+        for key in ("planner_success_rate", "react_success_rate", "speedup_vs_react", "grammar_valid_rate"):
+            report[f"real_model_{key}"] = taskset.get(key)
         report["embedded"] = embedded
     else:
         report["embedded"] = "skipped (--no-engine)"

@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
 
     bench = add_bench("planner", "planner vs sequential ReAct speedup, plan validity, first tool start", _bench)
     bench.add_argument("--no-engine", action="store_true", help="skip the embedded-model figures (quick run)")
-    bench.add_argument("--num-tasks", type=int, default=24, help="tasks for the plan validity figures (default 24)")
+    bench.add_argument(
+        "--num-tasks", type=int, default=None, help="the first N tasks of the task set (default: all 43)"
+    )
     bench.add_argument("--model", default=None, help="model string for the real-model figures (default: embedded)")
     bench.add_argument("--seed", type=int, default=0)
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from agentflow.tools import Tool, ToolRegistry, tool
 
-__all__ = ["TASKS", "WORLD", "PlannerTask", "check_answer", "make_registry"]
+__all__ = ["PLANNER_EXAMPLES", "TASKS", "WORLD", "PlannerTask", "check_answer", "make_registry"]
 
 WORLD: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "world.json").read_text())
 _CITIES: dict[str, dict[str, Any]] = WORLD["cities"]
@@ -302,6 +302,26 @@ def _build_tasks() -> list[PlannerTask]:
 
 
 TASKS: tuple[PlannerTask, ...] = tuple(_build_tasks())
+
+
+# Few-shot plans for these tools (LLMCompiler prompts with in-context examples). Their tasks are
+# not in TASKS: each shows a pattern (lookups in parallel, then a combine; a second round of
+# lookups on the first round's results), never a task's answer.
+PLANNER_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Which city is higher: Vienna or Toronto?",
+        '1. city_elevation_m("Vienna")\n2. city_elevation_m("Toronto")\n'
+        '3. largest(["Vienna", "Toronto"], [$1, $2])\n4. join()',
+    ),
+    (
+        "What is the combined population of the capitals of Peru and Egypt?",
+        '1. capital("Peru")\n2. capital("Egypt")\n3. city_population($1)\n4. city_population($2)\n'
+        "5. add($3, $4)\n6. join()",
+    ),
+)
+
+_SEEN_EXAMPLES = {task for task, _ in PLANNER_EXAMPLES}
+assert not _SEEN_EXAMPLES & {t.text for t in TASKS}, "a few-shot example must not be a task"
 
 
 # -- checking ---------------------------------------------------------------------------------------

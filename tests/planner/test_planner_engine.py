@@ -67,3 +67,20 @@ def test_agentflow_run_prints_plan_timeline_and_answer(
     run_command("What is the population of Oslo?", tools="planner.examples", model=backend, json_output=True)
     data = json.loads(capsys.readouterr().out)
     assert data["rounds"][0]["grammar"] is True and data["trace"]["records"]
+
+
+async def test_the_task_set_runs_through_planner_and_react_side_by_side(backend: EmbeddedBackend) -> None:
+    from planner._bench_tasks import taskset_figures
+
+    async with asyncio.timeout(600):
+        figures = await taskset_figures(
+            backend, num_tasks=1, seed=0, react_max_turns=1, plan_max_tokens=128, max_tokens=32
+        )
+    assert figures["num_tasks"] == 1 and len(figures["tasks"]) == 1
+    (row,) = figures["tasks"]
+    assert row["planner"]["grammar_plans"] >= 1  # the embedded engine enforces the plan grammar
+    assert row["planner"]["wall_s"] > 0 and row["react"]["wall_s"] > 0
+    assert isinstance(row["planner"]["correct"], bool) and isinstance(row["react"]["correct"], bool)
+    assert figures["speedup_vs_react"] == pytest.approx(
+        figures["react_latency_s_mean"] / figures["planner_latency_s_mean"]
+    )
