@@ -9,11 +9,13 @@ agentflow serve                                        # the OpenAI-compatible s
 the same name builds `ProgramAwareAsyncScheduler` (vLLM's `AsyncScheduler` underneath), so one
 qualified name serves both. This module wires vLLM's hooks to the pure parts around it:
 decisions (`serving._decisions`), admission control (`serving._admission`), the pin lifecycle
-(`serving._pinning`), estimators, books and metrics; every touch of the KV pool goes through
-`serving._vllm.KVPort`. Only requests carrying program metadata in `extra_args` (embedded) or
-`vllm_xargs` (server) are treated differently: while none is live, the scheduler runs vLLM's own
-code paths with the configured `scheduling_policy`, so a request without metadata is scheduled
-exactly as stock vLLM schedules it.
+(`serving._pinning`), program recognition (`serving._recognize`), estimators, books and
+metrics; every touch of the KV pool goes through `serving._vllm.KVPort`. Only requests the
+scheduler knows to belong to a program are treated differently: by their program fields in
+`extra_args` (embedded) or `vllm_xargs` (server), by a session id, or by their prompt extending a
+finished request's (`SchedulerKnobs.identify_by_*`). While none is live, the scheduler runs vLLM's
+own code paths with the configured `scheduling_policy`, so any other request is scheduled exactly
+as stock vLLM schedules it.
 
 What it does with program requests:
 - **Program-level FCFS**: the waiting queue is ordered by each request's program's first
@@ -21,8 +23,10 @@ What it does with program requests:
   youngest program first (the running list is kept in the same order, and vLLM preempts its last
   element).
 - **KV pinning with a TTL**: when a call finishes and its metadata names the tool that runs
-  next (`next_tool`, not `is_last_turn`), its prefix-cached blocks stay referenced for tau*
-  (`serving._decisions.choose_ttl`); see `serving._pinning` for how a pin ends. A request only
+  next (`next_tool`, not `is_last_turn`), or it belongs to a program recognised by its session or
+  prompt chain, its prefix-cached blocks stay referenced for tau* (`serving._decisions.choose_ttl`:
+  the tool's duration distribution, or the learned gap between turns and P(a next turn comes));
+  see `serving._pinning` for how a pin ends. A request only
   takes pins of programs queued after its own, so an older program's context outlives a younger
   program's work until its TTL ends. A program may hold several pins (parallel branches).
 - **Admission control**: a program with nothing resident waits while admitting it would eat the
@@ -41,7 +45,6 @@ Knobs: `serving._knobs` (what each does, and every way to set them).
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import math
 import time
@@ -51,11 +54,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentflow.exceptions import MetadataError
-from agentflow.metadata import MAX_NAME_CHARS, ProgramMetadata
+from agentflow.metadata import ProgramMetadata
 from serving import _vllm
 from serving._admission import QueuedRequest, ResidentProgram, requests_to_hold
 from serving._books import ProgramState, ProgramTable
-from serving._chains import ChainIndex, GapModel, Link
+from serving._chains import Link
 from serving._decisions import (
     Key,
     Rank,
@@ -71,6 +74,7 @@ from serving._estimators import DurationDistribution, StepTimeModel, ToolDuratio
 from serving._knobs import EngineLimits, SchedulerKnobs, parse_knobs
 from serving._metrics import ServingMetrics
 from serving._pinning import HeldBackBlocks, PinKeeper, Release
+from serving._recognize import ProgramRecognizer, Recognized
 
 __all__ = ["Clock", "ProgramAwareAsyncScheduler", "ProgramAwareScheduler"]
 
@@ -87,8 +91,6 @@ _EXPECTED_DECODE_TOKENS_CAP = 256  # max_tokens is a cap, not a forecast: bound 
 _MAX_REJECTION_LOGS = 20
 _STALL_NAP_S = 0.005  # longest nap of an engine step that found nothing to run but a pin to wait for
 _MAX_FACTS = 4096  # per-request facts kept for their callers
-_MAX_ATTRIBUTIONS = 4096  # recent requests' programs, for a client checking the scheduler's attribution
-_TRACK_NEW_CHAINS_P_NEXT = 0.5  # a request that continues nothing starts a program once most turns are continued
 
 
 class Identity(enum.StrEnum):
@@ -209,9 +211,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._metrics = ServingMetrics()
         self._pins = PinKeeper(self._port, self._metrics, block_size=self.block_size)
         self._predictor = ToolDurationPredictor(window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples)
-        self._chains = ChainIndex(horizon_s=self.knobs.chain_horizon_s)
-        self._gaps = GapModel(window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples)
-        self._num_chains = 0  # programs started by a session or a chain (their ids)
+        self._recognizer = ProgramRecognizer(
+            horizon_s=self.knobs.chain_horizon_s, window=self.knobs.tool_window, min_samples=self.knobs.min_tool_samples
+        )
         self._step_model = StepTimeModel()
         self._steps: deque[tuple[float, int, int]] = deque(maxlen=16)  # (scheduled at, prefill tokens, decodes)
         self._held_back = HeldBackBlocks(self._port)  # kv_block_limit
@@ -220,8 +222,6 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._rejections_logged = 0
         # caller's request id -> what scheduling did to it (read once when it finishes; bounded)
         self._facts: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # caller's request id -> the program the scheduler put it in (None: plain), recent requests only
-        self._attributions: OrderedDict[str, str | None] = OrderedDict()
         self._apply_block_limit(self.clock.monotonic())
 
     # -- control plane (serving._control.SchedulerControl) -----------------------------------------
@@ -233,7 +233,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     def end_program(self, program_id: str) -> dict[str, Any]:
         """The program ended or was cancelled: release its pins; its summary."""
         self._pins.release_program(program_id, self.clock.monotonic())
-        self._chains.forget_program(program_id)
+        self._recognizer.forget_program(program_id)
         state = self._programs.get(program_id)
         if state is None:
             return {"program_id": program_id, "known": False}
@@ -251,7 +251,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             **self._metrics.snapshot(active_pins=len(self._pins), pinned_blocks=self._pins.num_blocks),
             "programs": self._programs.snapshot(),
             "predictor": self._predictor.snapshot(),
-            "turn_gaps": {**self._gaps.snapshot(), "links": len(self._chains)},
+            "turn_gaps": self._recognizer.snapshot(),
             "step_time_model": self._step_model.snapshot(),
             "requeue_delay_ewma_s": round(self._requeue_s, 6),
             "kv": {
@@ -262,7 +262,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
                 "usage": round(port.usage(), 4),
             },
             "knobs": self.knobs.model_dump(),
-            "attributions": dict(self._attributions),
+            "attributions": self._recognizer.attributions,
         }
 
     def configure(self, **updates: Any) -> dict[str, Any]:
@@ -270,7 +270,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         knobs = parse_knobs(self.knobs, updates, limits=self._limits)
         self.knobs = knobs
         self._predictor.window, self._predictor.min_samples = knobs.tool_window, knobs.min_tool_samples
-        self._chains.horizon_s = knobs.chain_horizon_s
+        self._recognizer.chains.horizon_s = knobs.chain_horizon_s
         now = self.clock.monotonic()
         if not (knobs.enabled and knobs.pinning):
             self._pins.release_all(Release.OTHER, now)
@@ -318,7 +318,8 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         streaming = request.request_id in self.requests
         identified = None if streaming else self._identify(request, now)
         if not streaming:
-            self._attribute(request.request_id, identified.metadata.program_id if identified else None)
+            program_id = identified.metadata.program_id if identified else None
+            self._recognizer.attribute(_vllm.external_request_id(request.request_id), program_id)
         if identified is None:
             self._metrics.requests_without_metadata += 1
             super().add_request(request)
@@ -352,9 +353,9 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             held = self._hold_back()
             self._reclaim(now, pending)
             self._collect_garbage(now)
-        elif self._chains and now >= self._next_gc_s:
+        elif self._recognizer.chains and now >= self._next_gc_s:
             self._next_gc_s = now + _GC_INTERVAL_S
-            self._expire_links(now)
+            self._recognizer.expire(now)
         self._order_running()
         try:
             output = super().schedule(*args, **kwargs)
@@ -398,46 +399,29 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     # -- which program a request belongs to --------------------------------------------------------
 
     def _identify(self, request: Any, now: float) -> _Identified | None:
-        """Its program by its fields, else its session, else its prompt chain; None: a plain request."""
+        """Its program by its fields, else its session, else its prompt chain (`serving._recognize`); None: plain."""
         knobs = self.knobs
         if not knobs.enabled:
             return None
         if knobs.identify_by_fields and (metadata := self._read_metadata(request)) is not None:
             return _Identified(metadata, Identity.FIELDS, None, request.arrival_time)
-        session = self._session_of(request)
-        if session is None and not knobs.identify_by_chain:
+        if request.prompt_token_ids is None:
+            return None  # prompt embeddings: no tokens to chain on
+        session = self._recognizer.session_key(request.session_id) if knobs.identify_by_session else None
+        found = self._recognizer.recognize(
+            session=session,
+            hashes=request.block_hashes,
+            prompt=request.prompt_token_ids,
+            block_size=self.block_size,
+            arrival_s=request.arrival_time,
+            now_s=now,
+            by_chain=knobs.identify_by_chain,
+        )
+        if found is None:
             return None
         identity = Identity.SESSION if session is not None else Identity.CHAIN
-        prompt = request.prompt_token_ids
-        if prompt is None:
-            return None  # prompt embeddings: no tokens to chain on
-        match = self._chains.find(request.block_hashes, prompt, block_size=self.block_size, session=session)
-        if match is not None:
-            link = match.link
-            if self._chains.claim(link):
-                self._gaps.observe_gap(session, now - link.finished_s)
-            if link.program_id is None:
-                link.program_id = self._new_program_id(session)
-                self._attribute(link.request_id, link.program_id)  # its first turn was plain until now
-            metadata = ProgramMetadata(program_id=link.program_id, turn=link.turn + 1)
-            return _Identified(metadata, identity, session, link.program_arrival_s)
-        if session is None and self._gaps.p_next(None) < _TRACK_NEW_CHAINS_P_NEXT:
-            return None  # most requests are never continued: this one is scheduled as vLLM would
-        metadata = ProgramMetadata(program_id=self._new_program_id(session))
-        return _Identified(metadata, identity, session, request.arrival_time)
-
-    def _session_of(self, request: Any) -> str | None:
-        """A digest of the request's session id (`Request.session_id`: vLLM's server sets it), if used."""
-        if not self.knobs.identify_by_session:
-            return None
-        session = request.session_id
-        if not isinstance(session, str) or not session or len(session) > MAX_NAME_CHARS:
-            return None  # the server refuses these with a 400; an embedded caller's is ignored
-        return hashlib.blake2b(session.encode("utf-8", "replace"), digest_size=8).hexdigest()
-
-    def _new_program_id(self, session: str | None) -> str:
-        self._num_chains += 1
-        return f"~session-{session}-{self._num_chains}" if session is not None else f"~chain-{self._num_chains}"
+        metadata = ProgramMetadata(program_id=found.program_id, turn=found.turn)
+        return _Identified(metadata, identity, session, found.arrival_s)
 
     def _link_finished(self, request: Any, tracked: _Tracked | None, now: float) -> Link | None:
         """Index a finished request that a later prompt may continue: plain ones and session or chain programs'."""
@@ -447,16 +431,19 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             return None
         if tracked is None and not self.knobs.identify_by_chain:
             return None  # a plain request is only continued by a chain (a session's requests are tracked)
-        return self._chains.add(
-            request_id=request.request_id,
-            program_id=tracked.program.program_id if tracked is not None else None,
-            session=tracked.session if tracked is not None else None,
-            turn=tracked.metadata.turn if tracked is not None else 0,
-            program_arrival_s=tracked.program.arrival_s if tracked is not None else request.arrival_time,
+        program = None
+        if tracked is not None:
+            program = Recognized(
+                tracked.program.program_id, tracked.metadata.turn, tracked.session, tracked.program.arrival_s
+            )
+        return self._recognizer.finished(
+            request_id=_vllm.external_request_id(request.request_id),
+            program=program,
             hashes=request.block_hashes,
             prompt=request.prompt_token_ids or (),
             output=request.output_token_ids,
             block_size=self.block_size,
+            arrival_s=request.arrival_time,
             now_s=now,
         )
 
@@ -590,13 +577,6 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             request_id, {"queue_delay_s": delay_s, "cached_tokens": num_cached_tokens, "pin_hit": pin_hit}
         )
 
-    def _attribute(self, request_id: str, program_id: str | None) -> None:
-        key = _vllm.external_request_id(request_id)
-        self._attributions[key] = program_id
-        self._attributions.move_to_end(key)
-        while len(self._attributions) > _MAX_ATTRIBUTIONS:
-            self._attributions.popitem(last=False)
-
     def _record_facts(self, request_id: str, facts: dict[str, Any]) -> None:
         self._facts[_vllm.external_request_id(request_id)] = facts
         while len(self._facts) > _MAX_FACTS:  # callers that never read theirs (servers) must not grow it
@@ -617,7 +597,7 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
             dist = self._predictor.distribution(metadata.next_tool, metadata.next_tool_duration_s)
             p_next = 1.0
         else:
-            outlook = self._gap_outlook(tracked.session)
+            outlook = self._recognizer.outlook(tracked.session)
             if outlook is None:
                 return False
             dist, p_next = outlook
@@ -631,26 +611,19 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
 
     def _maybe_pin_first_turn(self, request: Any, link: Link, now: float) -> bool:
         """A plain request that programs' next turns usually continue: pinned as a chain program's first turn."""
-        outlook = self._gap_outlook(None)
-        if outlook is None or outlook[1] < _TRACK_NEW_CHAINS_P_NEXT:
+        outlook = self._recognizer.outlook(None)
+        if outlook is None or not self._recognizer.tracks_new_chains():
             return False
         dist, p_next = outlook
         decided = self._pin_choice(request, dist, p_next)
         if decided is None:
             return False
         _, choice = decided
-        link.program_id = self._new_program_id(None)
-        self._attribute(link.request_id, link.program_id)
-        metadata = ProgramMetadata(program_id=link.program_id)
+        metadata = ProgramMetadata(program_id=self._recognizer.adopt(link))
         program = self._programs.touch(metadata, now_s=now, arrival_s=request.arrival_time)
         rank = rank_of(plain_key(request_id=request.request_id, arrival_s=request.arrival_time, user_priority=0))
         self._pin(request, program, 0, None, rank, dist, p_next, choice, now)
         return True
-
-    def _gap_outlook(self, session: str | None) -> tuple[DurationDistribution, float] | None:
-        """The gap distribution and P(a next turn comes) of a recognised program; None: not learned yet."""
-        dist = self._gaps.distribution(session)
-        return None if dist is None else (dist, self._gaps.p_next(session))
 
     def _pin_choice(self, request: Any, dist: DurationDistribution, p_next: float) -> tuple[int, TtlChoice] | None:
         """(blocks, the TTL choice) if the finished request may and should be pinned."""
@@ -761,15 +734,11 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
         self._pins.release_program(program.program_id, now)
         program.ended = True
 
-    def _expire_links(self, now: float) -> None:
-        for link in self._chains.expire(now):
-            self._gaps.observe_no_next(link.session)  # no next turn came: a program's last, or a single call
-
     def _collect_garbage(self, now: float, *, force: bool = False) -> None:
         if not force and now < self._next_gc_s:
             return
         self._next_gc_s = now + _GC_INTERVAL_S
-        self._expire_links(now)
+        self._recognizer.expire(now)
         live = {t.metadata.program_id for t in self._tracked.values()}
         for program_id in self._programs.stale(now, live, self._pins.book.programs(), self.knobs.program_idle_gc_s):
             self._programs.forget(program_id)
