@@ -105,7 +105,7 @@ def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a knob of the agentflow scheduler (serving._policy.PolicyKnobs), e.g. fixed_ttl_s=2",
+        help="a knob of the agentflow scheduler (serving._knobs.SchedulerKnobs), e.g. fixed_ttl_s=2",
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory (default: a new one)")
     parser.add_argument("--resume", action="store_true", help="reuse policies already finished in --out")

@@ -105,7 +105,7 @@ class ReplayOptions:
     # Deadlines always score SLO attainment; sent to the agentflow scheduler only when asked,
     # since urgency ordering changes the order that the JCT comparison with `priority` holds fixed.
     send_deadlines: bool = False
-    agentflow_knobs: dict[str, Any] = field(default_factory=dict)  # serving._policy.PolicyKnobs overrides
+    agentflow_knobs: dict[str, Any] = field(default_factory=dict)  # serving._knobs.SchedulerKnobs overrides
     probe: ProbeSettings | None = None  # the throughput probe after the replays (needs vllm and agentflow)
     out_dir: Path | None = None
     resume: bool = False
