@@ -82,6 +82,7 @@ EXPORTS: dict[str, set[str]] = {
         "ArgumentValidationError",
         "BackendConfigError",
         "CallFailedError",
+        "ClusterUnavailableError",
         "CycleError",
         "EngineError",
         "EngineUnavailableError",
@@ -178,6 +179,7 @@ def test_error_tree() -> None:
         "ToolTimeoutError": "ToolError",
         "EngineError": "AgentflowError",
         "EngineUnavailableError": "EngineError",
+        "ClusterUnavailableError": "EngineUnavailableError",
         "ModelPreparationError": "EngineError",
         "BackendConfigError": "EngineError",
     }
