@@ -228,6 +228,7 @@ class AffinityPolicy:
         self._in_flight_by_replica: dict[str, int] = {}  # replica id -> requests this router has there
         self._programs: OrderedDict[str, _Program] = OrderedDict()  # key -> its program, LRU first
         self._requests: dict[str, _InFlight] = {}  # request id -> where it went
+        self._homed: dict[str, int] = {}  # replica id -> programs this router placed there (live ones)
         self._chosen: dict[str, Reason] = {}  # request id -> why, between choose() and on_routed()
         self._service_s = self.knobs.default_service_s
         self.counters = RoutingCounters()
@@ -281,13 +282,18 @@ class AffinityPolicy:
         return min(holders, key=self._waiting) if holders else None
 
     def _by_load(self, context_tokens: int) -> tuple[str, ...]:
-        """Live replicas, most headroom for `context_tokens` first: fits, shortest wait, most free KV."""
+        """Live replicas, most headroom for `context_tokens` first.
 
-        def rank(replica: str) -> tuple[bool, int, int, int, str]:
+        It fits, then the shortest wait, fewest requests, fewest programs placed there (whose next
+        turns will come), most free KV.
+        """
+
+        def rank(replica: str) -> tuple[bool, int, int, int, int, str]:
             load = self._loads[replica]
             headroom = load.headroom_blocks if load is not None else 0
             fits = load is None or headroom >= self._blocks(context_tokens, load)
-            return (not fits, self._waiting(replica), self._pending(replica), -headroom, replica)
+            homed = self._homed.get(replica, 0)
+            return (not fits, self._waiting(replica), self._pending(replica), homed, -headroom, replica)
 
         return tuple(sorted(self._loads, key=rank))
 
@@ -343,6 +349,7 @@ class AffinityPolicy:
         program = self._programs.get(request.key)
         if program is None:
             program = self._programs[request.key] = _Program(home=replica)
+            self._homed[replica] = self._homed.get(replica, 0) + 1
             self._trim()
         elif program.home != replica:
             if program.home not in self._loads:
@@ -351,6 +358,8 @@ class AffinityPolicy:
                 self.counters.moves += 1
             else:
                 self.counters.fallbacks += 1
+            self._homed[program.home] = self._homed.get(program.home, 1) - 1
+            self._homed[replica] = self._homed.get(replica, 0) + 1
             program.home = replica
         self._programs.move_to_end(request.key)
         program.in_flight += 1
@@ -358,7 +367,8 @@ class AffinityPolicy:
 
     def _trim(self) -> None:
         while len(self._programs) > self.knobs.max_programs:
-            self._programs.popitem(last=False)
+            _, dropped = self._programs.popitem(last=False)
+            self._homed[dropped.home] = self._homed.get(dropped.home, 1) - 1
 
     def on_completed(self, request_id: str, *, now_s: float) -> None:
         """A request finished (or failed): its replica has one less, its program may end."""
@@ -374,6 +384,7 @@ class AffinityPolicy:
             program.in_flight = max(0, program.in_flight - 1)
             if program.ending and program.in_flight == 0 and done.key is not None:
                 del self._programs[done.key]
+                self._homed[program.home] = self._homed.get(program.home, 1) - 1
 
     def _observe_service(self, latency_s: float, pending_at_route: int) -> None:
         """Seconds one request ahead delays the next: latency over the requests it shared the replica with."""
@@ -404,5 +415,5 @@ class AffinityPolicy:
             "programs": len(self._programs),
             "service_s": round(self._service_s, 6),
             "in_flight": dict(sorted(self._in_flight_by_replica.items())),
+            "homed": {replica: n for replica, n in sorted(self._homed.items()) if n},
         }
-

@@ -261,3 +261,15 @@ def test_every_choice_ranks_every_live_replica_once(steps: list[tuple[int, bool,
         if complete:
             policy.on_completed(in_flight.pop(0), now_s=1.0)
     assert sum(policy.in_flight(r) for r in "abc") == len(in_flight)
+    assert sum(policy.snapshot()["homed"].values()) == policy.num_programs
+
+
+def test_new_programs_spread_over_idle_replicas_by_the_programs_already_placed() -> None:
+    """Between turns nothing is in flight: the programs placed on a replica still count (their turns will come)."""
+    policy = policy_with({"a": load(), "b": load()})
+    homes = []
+    for i in range(4):
+        request = req(f"program:p{i}")
+        homes.append(route(policy, request))
+        policy.on_completed(request.request_id, now_s=1.0)
+    assert sorted(homes) == ["a", "a", "b", "b"]
