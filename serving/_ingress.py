@@ -96,6 +96,13 @@ class HttpReply:
 # -- request bodies (pydantic at the edge) -------------------------------------------------------------
 
 
+class _Structured(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="json")
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -110,6 +117,7 @@ class _Body(BaseModel):
     session_id: str | None = None
     prompt_cache_key: str | None = None
     vllm_xargs: dict[str, Any] | None = None
+    structured_outputs: _Structured | None = None  # vLLM's: the output follows a grammar or a JSON schema
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -228,6 +236,9 @@ class Ingress:
         if room < 1:
             raise _BadRequest(400, f"the prompt is {num_tokens} tokens; this server's limit is {self.max_model_len}")
         wanted = (parsed.max_completion_tokens if isinstance(parsed, ChatBody) else None) or parsed.max_tokens
+        structured = parsed.structured_outputs or _Structured()
+        if structured.grammar is not None and structured.json_schema is not None:
+            raise _BadRequest(400, "structured_outputs takes one of grammar and json")
         return ReplicaRequest(
             request_id=f"af-{uuid.uuid4().hex}",
             prompt=prompt,
@@ -239,6 +250,8 @@ class Ingress:
             key=program_key(xargs, session, prompt),
             context_tokens=num_tokens,
             is_last_turn=metadata is not None and metadata.is_last_turn,
+            grammar=structured.grammar,
+            json_schema=structured.json_schema,
         )
 
     # -- streaming ------------------------------------------------------------------------------------------

@@ -529,7 +529,7 @@ class ReplicaSet:
         )  # fmt: skip
         self._waiting.add(request.request_id)
         try:
-            async for delta in self._pool.stream(request):
+            async for delta in self.stream(request):
                 self._waiting.discard(request.request_id)
                 self._running.add(request.request_id)
                 yield GenerationChunk(
@@ -543,6 +543,16 @@ class ReplicaSet:
         finally:
             self._waiting.discard(request.request_id)
             self._running.discard(request.request_id)
+
+    async def stream(self, request: ReplicaRequest) -> AsyncIterator[ReplicaDelta]:
+        """Its deltas, each naming its replica. Raises `ReplicaUnavailable`: saturated, or its replica died."""
+        async for delta in self._pool.stream(request):
+            yield delta
+
+    def kill_replica(self, replica_id: str) -> None:
+        """Kill one replica's actor, as a crash would (fault drills); Serve's controller starts a replacement."""
+        actor = ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{ENGINE_DEPLOYMENT}#{replica_id}", namespace="serve")
+        ray.kill(actor, no_restart=True)
 
     async def queue_snapshot(self) -> QueueSnapshot:
         return QueueSnapshot(running=frozenset(self._running), num_waiting=len(self._waiting), kv_usage=0.0)

@@ -48,6 +48,8 @@ class ReplicaRequest:
     key: str | None = None  # serving._affinity.program_key
     context_tokens: int = 0  # the prompt's length in tokens
     is_last_turn: bool = False
+    grammar: str | None = None  # EBNF the output must follow (vLLM's structured_outputs.grammar)
+    json_schema: dict[str, Any] | None = None  # or a JSON schema it must follow
 
     def route_request(self, routing_id: str) -> RouteRequest:
         """What the router needs of it; `routing_id`: Ray's id for this call (completion callbacks carry it)."""
@@ -142,6 +144,8 @@ class EngineReplica:
             prompt=list(request.prompt_token_ids) if request.prompt_token_ids is not None else request.prompt,
             max_tokens=request.max_tokens,
             ignore_eos=request.ignore_eos,
+            grammar=request.grammar,
+            json_schema=request.json_schema,
             temperature=request.temperature,
             stop=request.stop,
             extra_args=request.extra_args,

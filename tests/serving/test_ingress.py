@@ -123,6 +123,15 @@ async def test_malformed_program_fields_are_a_400(body: bytes) -> None:
     assert pool.requests == []
 
 
+async def test_structured_outputs_reach_the_replica() -> None:
+    pool = EchoPool()
+    body = chat(structured_outputs={"grammar": 'root ::= "x"'}, vllm_xargs={"program_id": "p"})
+    assert (await ingress(pool).handle("POST", "/v1/chat/completions", {}, body)).status == 200
+    assert pool.requests[0].grammar == 'root ::= "x"' and pool.requests[0].json_schema is None
+    both = chat(structured_outputs={"grammar": "g", "json": {"type": "object"}})
+    assert (await ingress(pool).handle("POST", "/v1/chat/completions", {}, both)).status == 400
+
+
 async def test_malformed_openai_fields_are_a_400() -> None:
     reply = await ingress(EchoPool()).handle("POST", "/v1/chat/completions", {}, chat(max_tokens=0))
     assert reply.status == 400
