@@ -45,6 +45,7 @@ __all__ = [
     "program_key",
 ]
 
+_MAX_CHOSEN = 4096  # choices awaiting on_routed; older ones belong to requests cancelled while routed
 _CHAIN_HEAD_CHARS = 2048  # a prompt's head this long names its chain (agents' prompts extend each other)
 
 
@@ -257,6 +258,8 @@ class AffinityPolicy:
         by_load = self._by_load(request.context_tokens)
         route = Route(by_load, "keyless") if request.key is None else self._choose_for_program(request, by_load)
         self._chosen[request.request_id] = route.reason
+        while len(self._chosen) > _MAX_CHOSEN:  # requests cancelled before Ray sent them anywhere
+            del self._chosen[next(iter(self._chosen))]
         return route
 
     def _choose_for_program(self, request: RouteRequest, by_load: tuple[str, ...]) -> Route:

@@ -273,3 +273,10 @@ def test_new_programs_spread_over_idle_replicas_by_the_programs_already_placed()
         homes.append(route(policy, request))
         policy.on_completed(request.request_id, now_s=1.0)
     assert sorted(homes) == ["a", "a", "b", "b"]
+
+
+def test_choices_never_routed_do_not_pile_up() -> None:
+    policy = policy_with({"a": load()})
+    for i in range(5000):
+        policy.choose(req(f"program:p{i}"))  # each cancelled before Ray sent it anywhere
+    assert len(policy._chosen) <= 4096

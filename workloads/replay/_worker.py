@@ -97,7 +97,7 @@ async def _replica_set(spec: dict[str, Any], config: Any) -> AsyncIterator[Any]:
     from serving._ray import ScaleOutOptions, start_replica_set
 
     options = ScaleOutOptions(engine=config, replicas=spec["replicas"], router=RouterKind(spec["router"]))
-    replicas = await asyncio.to_thread(start_replica_set, options)
+    replicas = start_replica_set(options)  # blocks until the engines are up; nothing else runs yet
     try:
         yield replicas
     finally:
