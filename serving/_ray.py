@@ -62,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from None
 
 from agentflow.metadata import ProgramMetadata
+from serving import _routers
 from serving._affinity import AffinityKnobs, AffinityPolicy, ReplicaLoad, RouteRequest, RouterKind, program_key
 from serving._estimators import StepTimeModel
 from serving._guard import AccessPolicy
@@ -127,7 +128,7 @@ class _Measured(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         super().initialize_state(**kwargs)
         self._choose_ns: deque[int] = deque(maxlen=_OVERHEAD_SAMPLES)
-        _register(self)
+        _routers.register(self)
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -256,22 +257,6 @@ _ROUTERS: dict[RouterKind, type[_Measured]] = {
 }
 
 
-# The routers made in this process (the ingress's handle makes one): the metrics route reads the last.
-_routers: list[_Measured] = []
-_routers_lock = threading.Lock()
-
-
-def _register(router: _Measured) -> None:
-    with _routers_lock:
-        _routers.append(router)
-
-
-def _router_snapshot() -> dict[str, Any]:
-    with _routers_lock:
-        routers = list(_routers)
-    return routers[-1].snapshot() if routers else {"router": None, "replicas": {}}
-
-
 # -- deployments -------------------------------------------------------------------------------------------
 
 
@@ -327,7 +312,7 @@ class HandlePool:
             raise _unavailable(exc) from exc
 
     async def metrics(self) -> dict[str, Any]:
-        return _router_snapshot()
+        return _routers.snapshot()
 
 
 def _unavailable(exc: BaseException) -> BaseException:
@@ -558,7 +543,7 @@ class ReplicaSet:
         return QueueSnapshot(running=frozenset(self._running), num_waiting=len(self._waiting), kv_usage=0.0)
 
     def routing(self) -> dict[str, Any]:
-        return _router_snapshot()
+        return _routers.snapshot()
 
     def close(self) -> None:
         try:
