@@ -300,7 +300,7 @@ class HandlePool:
     async def complete(self, request: ReplicaRequest) -> ReplicaReply:
         try:
             reply: ReplicaReply = await self._for(request, stream=False).complete.remote(request)
-        except BaseException as exc:
+        except Exception as exc:  # not CancelledError: a cancelled caller is not a failed replica
             raise _unavailable(exc) from exc
         return reply
 
@@ -308,14 +308,14 @@ class HandlePool:
         try:
             async for delta in self._for(request, stream=True).stream.remote(request):
                 yield delta
-        except BaseException as exc:
+        except Exception as exc:  # not GeneratorExit or CancelledError: the caller stopped, nothing failed
             raise _unavailable(exc) from exc
 
     async def metrics(self) -> dict[str, Any]:
         return _routers.snapshot()
 
 
-def _unavailable(exc: BaseException) -> BaseException:
+def _unavailable(exc: Exception) -> Exception:
     """Ray's failure as the ingress's `ReplicaUnavailable` (a 503); anything else unchanged."""
     if isinstance(exc, BackPressureError):
         return ReplicaUnavailable(f"every replica is saturated and the queue is full; retry later ({exc})")
