@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -450,6 +451,7 @@ def _connect(options: ScaleOutOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.ray_address is not None:
+        _check_reachable(options.ray_address)
         try:
             ray.init(address=options.ray_address, include_dashboard=False, logging_level=logging.WARNING)
         except Exception as exc:
@@ -460,6 +462,21 @@ def _connect(options: ScaleOutOptions) -> bool:
         return False
     ray.init(num_cpus=options.local_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return True
+
+
+def _check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast on a `host:port` nobody answers (`ray.init` would retry for minutes); `auto` is Ray's to find."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ClusterUnavailableError(
+            f"cannot reach the Ray cluster at {address} ({exc}); start it with `ray start --head` on the head "
+            "node, or leave out --ray-address to run a local Ray instance"
+        ) from None
 
 
 def _wait_running(timeout_s: float) -> None:

@@ -30,3 +30,20 @@ def test_router_config_accepts_each_router_by_path() -> None:
     for router in adapter._ROUTERS.values():
         config = RequestRouterConfig(request_router_class=f"serving._ray.{router.__qualname__}")
         assert config.get_request_router_class().kind is router.kind
+
+
+def test_an_unreachable_cluster_is_a_clear_error_at_once() -> None:
+    import socket
+    import time
+
+    from agentflow.exceptions import ClusterUnavailableError
+    from serving._ray import ScaleOutOptions, _connect
+    from serving.engine import EngineConfig
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailableError, match="ray start --head"):
+        _connect(ScaleOutOptions(engine=EngineConfig(), ray_address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - started < 10
