@@ -114,6 +114,7 @@ class ReplayOptions:
     # Engine replicas on Ray Serve (serving._ray): > 1 runs each policy once per router, as `policy@router`.
     replicas: int = 1
     routers: tuple[str, ...] = ("agentflow",)
+    affinity_knobs: dict[str, Any] = field(default_factory=dict)  # serving._affinity.AffinityKnobs overrides
 
     @property
     def runs(self) -> tuple[str, ...]:
@@ -279,7 +280,10 @@ def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
 def _replica_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
     """Replicas and router, for runs across replicas only (a single engine's spec and digest stay put)."""
     _, router = split_run(name)
-    return {} if router is None else {"replicas": options.replicas, "router": router}
+    if router is None:
+        return {}
+    knobs = {"affinity_knobs": dict(options.affinity_knobs)} if router == "agentflow" and options.affinity_knobs else {}
+    return {"replicas": options.replicas, "router": router, **knobs}
 
 
 def _agentflow_scheduler_present() -> bool:
@@ -384,6 +388,7 @@ def _settings(options: ReplayOptions) -> dict[str, Any]:
         "policies": list(options.policies),
         "replicas": options.replicas,
         "routers": list(options.routers) if options.replicas > 1 else None,
+        "affinity_knobs": dict(options.affinity_knobs),
         "agentflow_metadata": "program_id, program_arrival_s, turn, is_last_turn, next_tool (the tool's name; its "
         "duration is not sent: the scheduler learns durations from the real ones reported as each tool ends)"
         + (", deadline_s" if options.send_deadlines else "; deadlines not sent (SLO scoring only)"),

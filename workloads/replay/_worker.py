@@ -93,10 +93,15 @@ async def _policy_engine(spec: dict[str, Any]) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def _replica_set(spec: dict[str, Any], config: Any) -> AsyncIterator[Any]:
     """`spec["replicas"]` engines on a local Ray instance behind `spec["router"]` (serving._ray.ReplicaSet)."""
-    from serving._affinity import RouterKind
+    from serving._affinity import AffinityKnobs, RouterKind
     from serving._ray import ScaleOutOptions, start_replica_set
 
-    options = ScaleOutOptions(engine=config, replicas=spec["replicas"], router=RouterKind(spec["router"]))
+    options = ScaleOutOptions(
+        engine=config,
+        replicas=spec["replicas"],
+        router=RouterKind(spec["router"]),
+        affinity=AffinityKnobs(**spec.get("affinity_knobs", {})),
+    )
     replicas = start_replica_set(options)  # blocks until the engines are up; nothing else runs yet
     try:
         yield replicas

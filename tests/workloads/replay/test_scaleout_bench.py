@@ -104,3 +104,17 @@ def test_runs_across_replicas_are_policy_at_router() -> None:
     assert ReplayOptions(rate_per_s=1.0, policies=("agentflow",)).runs == ("agentflow",)
     with pytest.raises(UserError, match="unknown router"):
         ReplayOptions(rate_per_s=1.0, policies=("agentflow",), replicas=2, routers=("random",))
+
+
+def test_affinity_knobs_reach_agentflows_router_runs_only() -> None:
+    from agentflow.exceptions import UserError
+    from workloads.replay._cli import _affinity_knobs
+    from workloads.replay._runner import _replica_extras
+
+    options = ReplayOptions(
+        rate_per_s=1.0, replicas=2, routers=("agentflow", "pow2"), affinity_knobs=_affinity_knobs(["move_margin=4"])
+    )
+    assert _replica_extras("agentflow@agentflow", options)["affinity_knobs"] == {"move_margin": 4}
+    assert "affinity_knobs" not in _replica_extras("agentflow@pow2", options)
+    with pytest.raises(UserError, match="--affinity-knob"):
+        _affinity_knobs(["no_such_knob=1"])
