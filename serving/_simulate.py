@@ -5,7 +5,9 @@ Each replica is an engine stepped by the step-time model the scheduler fits
 prefills, D the requests it decodes), scaled by one factor calibrated on a measured prefill. It
 holds each program's context in a KV pool of `capacity_tokens`: a turn prefills only what its
 replica does not hold (the shared system prompt and the program's last context, if not evicted;
-least recently used contexts are evicted first, never a running request's). At most
+least recently used contexts are evicted first, never a running request's). Like agentflow's
+scheduler's admission control, a program not yet started on a replica waits while the contexts
+of the programs started there fill its pool. At most
 `max_num_seqs` requests run; each step prefills the newly admitted and decodes one token for the
 rest. A program's next turn arrives its tool's pause after the previous turn finished.
 
@@ -30,9 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving._affinity import AffinityKnobs, AffinityPolicy, ReplicaLoad, RouteRequest, RouterKind
-from serving._estimators import StepTimeModel
+from serving._estimators import ENGINE_NOTES_DECODE_S, StepTimeModel
 
 __all__ = ["SimProgram", "SimReplica", "SimResult", "SimTurn", "calibrated_replica", "simulate"]
+
+
+_RESERVE_TURNS = 8  # serving._knobs.SchedulerKnobs.reserve_turns' default
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,7 @@ class _Request:
     output_left: int
     routed_at_s: float
     request_id: str
+    growth: int = 0  # tokens the turn adds to the context (its new prompt and its output)
 
 
 @dataclass(slots=True)
@@ -124,6 +130,7 @@ class _Engine:
     busy_s: float = 0.0
     stepping: bool = False
     tokens_routed: int = 0  # prompt tokens sent here (the prefix model's "tenant size")
+    active: dict[str, int] = field(default_factory=dict)  # key -> context tokens of programs started here, not ended
 
     def held_tokens(self) -> int:
         running = {r.key for r in self.running}
@@ -132,20 +139,43 @@ class _Engine:
         )
 
     def admit(self, shared_prefix: int) -> int:
-        """Move waiting requests into the batch while they fit; the tokens their prefill costs."""
+        """Move waiting requests into the batch while they fit; the tokens their prefill costs.
+
+        In arrival order; a new program held back by admission control lets started programs' turns pass.
+        """
         prefill = 0
+        held: deque[_Request] = deque()
         while self.waiting and len(self.running) < self.spec.max_num_seqs:
-            request = self.waiting[0]
+            request = self.waiting.popleft()
+            if not self._admissible(request):
+                held.append(request)
+                continue
             if not self._make_room(request.prompt_tokens):
+                self.waiting.appendleft(request)
                 break
-            self.waiting.popleft()
             cached = min(self.cache.pop(request.key, 0), request.prompt_tokens)
             if cached == 0 and self.has_shared_prefix:
                 cached = min(shared_prefix, request.prompt_tokens)
             self.has_shared_prefix = self.has_shared_prefix or shared_prefix > 0
             prefill += request.prompt_tokens - cached
             self.running.append(request)
+        self.waiting.extendleft(reversed(held))
         return prefill
+
+    def _admissible(self, request: _Request) -> bool:
+        """Admission control, as agentflow's scheduler does it (`reserve_turns`).
+
+        A program not yet started here waits while the programs started here (and not ended), with
+        room for `_RESERVE_TURNS` more turns of their context growth, fill the pool.
+        """
+        need = request.prompt_tokens + _RESERVE_TURNS * request.growth
+        if request.key in self.active or not self.active:
+            self.active[request.key] = need
+            return True
+        if sum(self.active.values()) + need > self.spec.capacity_tokens:
+            return False
+        self.active[request.key] = need
+        return True
 
     def _make_room(self, tokens: int) -> bool:
         running = {r.key for r in self.running}
@@ -244,12 +274,25 @@ def simulate(
 
 
 def _coefficients(step: StepTimeModel) -> tuple[float, float, float, float]:
-    """The step-time model's (a, b, c, d), read back from its prefill and decode costs."""
-    a = step.decode_step_s(0)
-    d = step.decode_step_s(1) - a
-    p1, p2 = step.prefill_s(1000) - a, step.prefill_s(2000) - a
-    c = max(0.0, (p2 - 2 * p1) / 2)
-    return a, p1 - c, c, d
+    """A step's (a, b, c, d): prefill terms b, c from the model's fit; the decode line a + d*D from its seeds.
+
+    The joint fit puts a small negative intercept under its large prefill terms (-8 ms on the seeds),
+    so its batch-1 decode step is clipped to nothing; the decode seeds alone give the step's real
+    fixed cost (~28 ms) and per-request cost (~2.5 ms).
+    """
+    fit = step.snapshot()
+    a, d = _line(ENGINE_NOTES_DECODE_S)
+    return a, max(float(fit["b_s_per_ktok"]), 0.0), max(float(fit["c_s_per_ktok2"]), 0.0), d
+
+
+def _line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope through (x, y) points."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var_x = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var_x if var_x else 0.0
+    return max(mean_y - slope * mean_x, 0.0), max(slope, 0.0)
 
 
 class _Sim:
@@ -300,9 +343,13 @@ class _Sim:
             output_left=spec.turns[turn].output_tokens,
             routed_at_s=now,
             request_id=f"{program}-{turn}",
+            growth=spec.turns[turn].new_prompt_tokens + spec.turns[turn].output_tokens,
         )
         self.prompt_tokens += request.prompt_tokens
         chosen = self.choose(request, self.engines)
+        for other in self.engines:  # a program is active where its latest turn went
+            if other is not self.engines[chosen]:
+                other.active.pop(request.key, None)
         engine = self.engines[chosen]
         engine.tokens_routed += request.prompt_tokens
         engine.waiting.append(request)
@@ -367,4 +414,5 @@ class _Sim:
             heapq.heappush(self.turns, (now + turn.tool_s, request.program, request.turn + 1))
         else:
             engine.cache.pop(request.key, None)
+            engine.active.pop(request.key, None)
             self.jct_s.append(now - spec.arrival_s)
