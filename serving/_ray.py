@@ -32,11 +32,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentflow.exceptions import ClusterUnavailableError, EngineError, UserError
+from agentflow.exceptions import ClusterUnavailableError, EngineError
 
 try:
     import ray
@@ -72,6 +72,7 @@ from serving._ingress import HfPrompts, HttpReply, Ingress, ReplicaUnavailable
 from serving._replicas import EngineReplica, ReplicaDelta, ReplicaReply, ReplicaRequest
 from serving._types import GenerationChunk, QueueSnapshot
 from serving.engine import EngineConfig
+from serving.scaleout import ScaleOutOptions
 
 __all__ = [
     "ProgramAffinityRouter",
@@ -89,33 +90,6 @@ logger = logging.getLogger(__name__)
 APP_NAME = "agentflow"
 ENGINE_DEPLOYMENT = "engine"
 _OVERHEAD_SAMPLES = 4096
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScaleOutOptions:
-    """N engine replicas behind one OpenAI-compatible endpoint."""
-
-    engine: EngineConfig
-    replicas: int = 2
-    router: RouterKind = RouterKind.AGENTFLOW
-    ray_address: str | None = None  # None: a local Ray instance, started here
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: tuple[str, ...] = ()
-    served_model_name: str = "default"
-    stats_period_s: float = 0.5  # how often Ray collects each replica's load report
-    # Requests one replica takes at once (Ray's max_ongoing_requests); beyond, Ray's router holds them.
-    max_ongoing_requests: int | None = None  # None: twice the engine's max_num_seqs
-    # Requests held for the whole deployment beyond that; more get HTTP 503 (backpressure), not memory.
-    max_queued_requests: int = 256
-    affinity: AffinityKnobs = field(default_factory=AffinityKnobs)
-    local_num_cpus: int | None = None  # a local Ray instance's CPUs (None: Ray counts them)
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise UserError(f"--replicas must be >= 1, got {self.replicas}")
-        if self.max_queued_requests < 1:
-            raise UserError(f"max_queued_requests must be >= 1, got {self.max_queued_requests}")
 
 
 # -- routers ---------------------------------------------------------------------------------------------

@@ -125,6 +125,19 @@ EXPORTS: dict[str, set[str]] = {
         "ServeOptions",
         "vllm_server_args",
     },
+    "serving.scaleout": {
+        "AffinityKnobs",
+        "RouterKind",
+        "ScaleOutOptions",
+        "SimProgram",
+        "SimReplica",
+        "SimResult",
+        "SimTurn",
+        "calibrated_replica",
+        "simulate",
+        "start",
+        "start_replica_set",
+    },
 }
 
 

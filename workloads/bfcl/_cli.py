@@ -123,9 +123,9 @@ def _run_on_replicas(args: argparse.Namespace) -> int:
     """The same run against `--replicas` engine replicas behind one endpoint (the records' LLM calls spread there)."""
     import socket
 
-    from serving._ray import ScaleOutOptions, start
     from serving.embedded import model_path
     from serving.engine import EngineConfig
+    from serving.scaleout import ScaleOutOptions, start
     from workloads.bfcl._run import DEFAULT_ENGINE_OPTIONS, run_bfcl
 
     scheme, _, name = args.model.partition(":")

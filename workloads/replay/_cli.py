@@ -223,7 +223,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _affinity_knobs(pairs: list[str]) -> dict[str, Any]:
-    from serving._affinity import AffinityKnobs
+    from serving.scaleout import AffinityKnobs
 
     knobs = _knobs(pairs, flag="--affinity-knob")
     try:

@@ -169,7 +169,7 @@ _SIM_ROUTERS = ("agentflow", "pow2", "session-hash", "prefix")
 
 def simulation_figures(options: Any, single: dict[str, Any], multi: dict[str, Any]) -> dict[str, Any]:
     """Calibrate on the single engine's speed check, check against the measured replays, project."""
-    from serving._simulate import calibrated_replica
+    from serving.scaleout import calibrated_replica
 
     speed = (single["policies"].get("agentflow") or {}).get("speed_check")
     if not speed:
@@ -195,7 +195,7 @@ def simulation_figures(options: Any, single: dict[str, Any], multi: dict[str, An
 
 def sim_programs(options: Any, *, copies: int = 1, rate_scale: float = 1.0) -> list[Any]:
     """The bench's scaled programs and arrivals as simulator programs (`copies` of each, arrivals drawn afresh)."""
-    from serving._simulate import SimProgram, SimTurn
+    from serving.scaleout import SimProgram, SimTurn
     from workloads.replay._run import poisson_arrivals
     from workloads.replay._trace import load_trace, scale_trace
 
@@ -224,8 +224,7 @@ def _capacity_tokens(options: Any) -> int:
 def _validation(
     programs: list[Any], replica: Any, single: dict[str, Any], multi: dict[str, Any], replicas: int
 ) -> dict[str, Any]:
-    from serving._affinity import RouterKind
-    from serving._simulate import simulate
+    from serving.scaleout import RouterKind, simulate
 
     rows: dict[str, Any] = {}
     measured_single = (single["policies"].get("agentflow") or {}).get("jct_mean_s")
@@ -249,8 +248,7 @@ def _error_row(simulated: float | None, measured: float | None) -> dict[str, Any
 
 
 def _projections(programs: list[Any], replica: Any, options: Any) -> dict[str, Any]:
-    from serving._affinity import RouterKind
-    from serving._simulate import simulate
+    from serving.scaleout import RouterKind, simulate
 
     out: dict[str, Any] = {}
     for replicas in PROJECTED_REPLICAS:

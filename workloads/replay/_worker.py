@@ -93,8 +93,7 @@ async def _policy_engine(spec: dict[str, Any]) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def _replica_set(spec: dict[str, Any], config: Any) -> AsyncIterator[Any]:
     """`spec["replicas"]` engines on a local Ray instance behind `spec["router"]` (serving._ray.ReplicaSet)."""
-    from serving._affinity import AffinityKnobs, RouterKind
-    from serving._ray import ScaleOutOptions, start_replica_set
+    from serving.scaleout import AffinityKnobs, RouterKind, ScaleOutOptions, start_replica_set
 
     options = ScaleOutOptions(
         engine=config,
