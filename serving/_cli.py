@@ -65,6 +65,22 @@ def register(subparsers: Any) -> None:
         "into tool_calls: <tool_call> blocks or bare JSON)",
     )
     serve.add_argument("--stock", action="store_true", help="serve with vLLM's stock scheduler instead")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="engine replicas behind one endpoint, on Ray Serve (needs agentflow[scale]); default 1: one vLLM server",
+    )
+    serve.add_argument(
+        "--ray-address", default=None, help="with --replicas: join this Ray cluster (default: start a local one)"
+    )
+    serve.add_argument(
+        "--router",
+        default="agentflow",
+        choices=["agentflow", "pow2", "session-hash", "prefix"],
+        help="with --replicas: agentflow's program-affinity router (default), or Ray's power-of-two, "
+        "consistent-hash on the session, or prefix-cache-affinity router",
+    )
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then any `vllm serve` arguments")
     serve.set_defaults(func=_serve)
 
@@ -117,6 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
         model_dir = prepare_model(args.model or default_model()).path
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir} is not a local Hugging Face model directory (no config.json)")
+    if args.replicas != 1 or args.ray_address is not None:
+        return _serve_replicas(args, model_dir=model_dir, knobs=knobs, extra=extra)
     serve(
         ServeOptions(
             model_dir=model_dir,
@@ -134,6 +152,63 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _serve_replicas(
+    args: argparse.Namespace, *, model_dir: Path, knobs: dict[str, Any] | None, extra: list[str]
+) -> int:
+    """`serve --replicas N`: the replicas on Ray Serve (imports Ray only here)."""
+    import os
+
+    from serving._affinity import RouterKind
+    from serving.engine import EngineConfig
+
+    api_keys, rest = _api_keys(extra)
+    if rest:
+        raise UserError(f"vLLM's own arguments do not apply with --replicas: {' '.join(rest)}")
+    if args.stock or args.no_tool_calls:
+        raise UserError("--stock and --no-tool-calls apply to the single vLLM server, not to --replicas")
+    from serving._ray import ScaleOutOptions, serve_replicas  # raises ClusterUnavailableError without Ray
+
+    engine = EngineConfig(
+        model_dir=model_dir,
+        kv_cache_bytes=args.kv_cache_bytes,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        block_size=args.block_size,
+        scheduler_knobs=knobs or {},
+    )
+    env_key = os.environ.get("VLLM_API_KEY", "")
+    serve_replicas(
+        ScaleOutOptions(
+            engine=engine,
+            replicas=args.replicas,
+            router=RouterKind(args.router),
+            ray_address=args.ray_address,
+            host=args.host,
+            port=args.port,
+            api_keys=tuple(api_keys or ([env_key] if env_key else [])),
+            served_model_name=args.served_model_name,
+        )
+    )
+    return 0
+
+
+def _api_keys(extra: list[str]) -> tuple[list[str], list[str]]:
+    """`--api-key K` (vLLM's spelling, after `--`) out of the extra arguments; the keys and the rest."""
+    keys: list[str] = []
+    rest: list[str] = []
+    it = iter(extra)
+    for arg in it:
+        if arg == "--api-key":
+            keys.append(next(it, ""))
+        elif arg.startswith("--api-key="):
+            keys.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    if any(not key for key in keys):
+        raise UserError("--api-key needs a value")
+    return keys, rest
 
 
 _IDENTITIES = ("fields", "session", "chain")

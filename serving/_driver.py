@@ -101,6 +101,7 @@ class Driver:
         self._paused = False  # touched by the engine thread only (set through Pause commands)
         self.engine: Any = None  # vllm LLMEngine once ready
         self.startup_s: float | None = None  # model preparation + engine build + warm-up, seconds
+        self.busy_s = 0.0  # seconds spent in engine steps since it started (replicas report it)
         self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         # RUNNING futures cannot be cancelled: a cancelled waiter must not cancel the start.
         self.ready.set_running_or_notify_cancel()
@@ -197,7 +198,10 @@ class Driver:
             if self._paused:
                 continue
             if _vllm.has_unfinished_requests(self.engine):
-                self._route(_vllm.step(self.engine))
+                step_started = time.perf_counter()
+                outputs = _vllm.step(self.engine)
+                self.busy_s += time.perf_counter() - step_started
+                self._route(outputs)
             elif idle and timeout_s is not None:
                 _vllm.idle_tick(self.engine)
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 __all__ = [
+    "ERROR_TYPES",
     "BodyTooLarge",
     "Message",
     "Receive",
@@ -31,7 +32,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_ERROR_TYPES = {
+ERROR_TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
     403: "PermissionDeniedError",
@@ -39,6 +40,7 @@ _ERROR_TYPES = {
     405: "MethodNotAllowedError",
     413: "RequestTooLargeError",
     415: "UnsupportedMediaTypeError",
+    429: "RateLimitError",
     503: "ServiceUnavailableError",
 }
 
@@ -123,6 +125,6 @@ async def send_json(send: Send, status: int, payload: Any, *, headers: Mapping[s
 
 async def send_error(send: Send, status: int, message: str, *, param: str | None = None) -> None:
     """OpenAI's error envelope, with the status it is sent with as its `code`."""
-    error = {"message": message, "type": _ERROR_TYPES.get(status, "APIError"), "param": param, "code": status}
+    error = {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": param, "code": status}
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     await send_json(send, status, {"error": error}, headers=headers)

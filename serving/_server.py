@@ -52,7 +52,15 @@ from serving._http import (
 )
 from serving._identity import request_session
 
-__all__ = ["ProgramMetadataMiddleware", "ServeOptions", "configure_access", "rewrite_body", "serve", "vllm_server_args"]
+__all__ = [
+    "ProgramMetadataMiddleware",
+    "ServeOptions",
+    "configure_access",
+    "parse_json",
+    "rewrite_body",
+    "serve",
+    "vllm_server_args",
+]
 
 MIDDLEWARE = "serving._server.ProgramMetadataMiddleware"
 _MAX_GENERATION_BODY_BYTES = 64 * 1024**2  # a long prompt in JSON; more is refused with 413
@@ -166,7 +174,7 @@ class ProgramMetadataMiddleware:
             return
         try:
             body = await read_body(receive, limit_bytes=_MAX_GENERATION_BODY_BYTES)
-            payload = _parse_json(body)
+            payload = parse_json(body)
             session = request_session(headers, payload) if isinstance(payload, dict) else None
             rewritten = rewrite_payload(
                 payload,
@@ -191,7 +199,7 @@ def rewrite_body(body: bytes) -> bytes | None:
     Raises:
         MetadataError: not JSON, malformed program fields, or one given twice with different values.
     """
-    return rewrite_payload(_parse_json(body), known_fields=None)
+    return rewrite_payload(parse_json(body), known_fields=None)
 
 
 def rewrite_payload(
@@ -230,7 +238,7 @@ def rewrite_payload(
     return json.dumps(payload).encode()
 
 
-def _parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> Any:
     """The body as JSON. Raises `MetadataError` (a 400) for anything that is not: never a 500."""
     if _nesting_depth(body) > _MAX_JSON_DEPTH:
         raise MetadataError(f"the JSON body nests deeper than {_MAX_JSON_DEPTH} levels")
@@ -283,7 +291,7 @@ async def _agentflow_route(
             await send_error(send, *problem)
             return
         try:
-            parsed = _parse_json(await read_body(receive, limit_bytes=_MAX_CONTROL_BODY_BYTES) or b"{}")
+            parsed = parse_json(await read_body(receive, limit_bytes=_MAX_CONTROL_BODY_BYTES) or b"{}")
         except BodyTooLarge as exc:
             await send_error(send, 413, str(exc))
             return

@@ -152,6 +152,11 @@ class EmbeddedEngine:
         """Seconds the engine took to start (model preparation + vLLM build), once started."""
         return self._driver.startup_s if self._driver is not None else None
 
+    @property
+    def busy_s(self) -> float:
+        """Seconds the engine has spent in steps since it started (0 before)."""
+        return self._driver.busy_s if self._driver is not None else 0.0
+
     # --- generation ---------------------------------------------------------------------
 
     async def generate(

@@ -82,6 +82,7 @@ EXPORTS: dict[str, set[str]] = {
         "ArgumentValidationError",
         "BackendConfigError",
         "CallFailedError",
+        "ClusterUnavailableError",
         "CycleError",
         "EngineError",
         "EngineUnavailableError",
@@ -123,6 +124,19 @@ EXPORTS: dict[str, set[str]] = {
         "SchedulerControl",
         "ServeOptions",
         "vllm_server_args",
+    },
+    "serving.scaleout": {
+        "AffinityKnobs",
+        "RouterKind",
+        "ScaleOutOptions",
+        "SimProgram",
+        "SimReplica",
+        "SimResult",
+        "SimTurn",
+        "calibrated_replica",
+        "simulate",
+        "start",
+        "start_replica_set",
     },
 }
 
@@ -178,6 +192,7 @@ def test_error_tree() -> None:
         "ToolTimeoutError": "ToolError",
         "EngineError": "AgentflowError",
         "EngineUnavailableError": "EngineError",
+        "ClusterUnavailableError": "EngineUnavailableError",
         "ModelPreparationError": "EngineError",
         "BackendConfigError": "EngineError",
     }

@@ -70,6 +70,13 @@ def register(subparsers: Any) -> None:
         help="a directory laid out like bfcl_eval/data (default: the installed package's)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="serve the embedded model from N engine replicas on a local Ray instance behind agentflow's router "
+        "(needs agentflow[scale]; --model must be embedded or embedded:NAME)",
+    )
     parser.set_defaults(func=_run)
 
     from agentflow.cli import add_bench
@@ -82,16 +89,25 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workloads.bfcl._data import parse_categories
-    from workloads.bfcl._run import BfclOptions, run_bfcl
+    from workloads.bfcl._run import run_bfcl
 
-    options = BfclOptions(
+    if args.replicas > 1:
+        return _run_on_replicas(args)
+    options = _options(args, model=args.model)
+    return _report(run_bfcl(options))
+
+
+def _options(args: argparse.Namespace, *, model: str) -> Any:
+    from workloads.bfcl._data import parse_categories
+    from workloads.bfcl._run import BfclOptions
+
+    return BfclOptions(
         categories=tuple(parse_categories(args.category)),
         limit=args.limit,
         sample=args.sample,
         seed=args.seed,
         mode=args.mode,
-        model=args.model,
+        model=model,
         concurrency=args.concurrency,
         out_dir=args.out,
         json_path=args.json,
@@ -101,7 +117,33 @@ def _run(args: argparse.Namespace) -> int:
         engine_options=_engine_options(args.engine),
         progress=False if args.no_progress else None,
     )
-    report = run_bfcl(options)
+
+
+def _run_on_replicas(args: argparse.Namespace) -> int:
+    """The same run against `--replicas` engine replicas behind one endpoint (the records' LLM calls spread there)."""
+    import socket
+
+    from serving.embedded import model_path
+    from serving.engine import EngineConfig
+    from serving.scaleout import ScaleOutOptions, start
+    from workloads.bfcl._run import DEFAULT_ENGINE_OPTIONS, run_bfcl
+
+    scheme, _, name = args.model.partition(":")
+    if scheme != "embedded":
+        raise UserError(f"--replicas serves the embedded engine: --model must be embedded[:NAME], got {args.model!r}")
+    engine_options = {**DEFAULT_ENGINE_OPTIONS, **_engine_options(args.engine)}  # what `embedded` gets
+    engine = EngineConfig(model_dir=model_path(name or None), **engine_options)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = start(ScaleOutOptions(engine=engine, replicas=args.replicas, port=port))
+    try:
+        return _report(run_bfcl(_options(args, model=f"vllm:default@{server.url}/v1")))
+    finally:
+        server.close()
+
+
+def _report(report: Any) -> int:
     run = report.summary["run"]
     print(report.table)
     print(

@@ -37,13 +37,13 @@ from workloads.bfcl._data import BfclRecord, MalformedRecord, load_category
 from workloads.bfcl._native import Inference, run_native
 from workloads.bfcl._scripted import ground_truth_model, parse_scripted
 
-__all__ = ["BfclOptions", "BfclReport", "default_out_dir", "run_bfcl", "run_bfcl_async"]
+__all__ = ["DEFAULT_ENGINE_OPTIONS", "BfclOptions", "BfclReport", "default_out_dir", "run_bfcl", "run_bfcl_async"]
 
 Mode = Literal["native", "fc", "compiled"]
 MODES: tuple[str, ...] = ("native", "fc", "compiled")
 RUNS_DIR = Path("agentflow-runs") / "bfcl"
 _PINNED = ("workload", "model", "mode", "max_tokens")  # settings a resumed run must share
-_DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
+DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
     # BFCL's multi-turn prompts (function docs of 2-3 backends) take 4.4k-8k tokens of SmolLM2.
     "max_model_len": 8192,
     "kv_cache_bytes": 2 * 1024**3,
@@ -245,7 +245,7 @@ def _shared_backend(model: str, engine_options: Mapping[str, Any]) -> LLMBackend
 
 def embedded_backend(model_dir: str | None = None, engine_options: Mapping[str, Any] | None = None) -> EmbeddedBackend:
     """The embedded backend the runner uses: its engine options, shared with every runner in the process."""
-    return EmbeddedBackend(model_dir=model_dir, **{**_DEFAULT_ENGINE_OPTIONS, **(engine_options or {})})
+    return EmbeddedBackend(model_dir=model_dir, **{**DEFAULT_ENGINE_OPTIONS, **(engine_options or {})})
 
 
 # -- output directory and pinned settings ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
 
 def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -> None:
     """The trace, scaling, arrival, engine and SLO options shared by `replay` and `bench serving`."""
-    from workloads.replay._run import CLIENT_METADATA, POLICIES
+    from workloads.replay._run import CLIENT_METADATA, POLICIES, ROUTERS
     from workloads.replay._runner import DEFAULTS
 
     parser.add_argument(
@@ -107,6 +107,25 @@ def add_replay_options(parser: argparse.ArgumentParser, *, policies_flag: str) -
         metavar="KEY=VALUE",
         help="a knob of the agentflow scheduler (serving._knobs.SchedulerKnobs), e.g. fixed_ttl_s=2",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="engine replicas on a local Ray instance (needs agentflow[scale]); > 1 runs each policy per --router",
+    )
+    parser.add_argument(
+        "--router",
+        dest="routers",
+        default="agentflow",
+        help=f"with --replicas: ROUTER[,ROUTER...] of {', '.join(ROUTERS)} (default agentflow)",
+    )
+    parser.add_argument(
+        "--affinity-knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --replicas: a knob of agentflow's router (serving._affinity.AffinityKnobs), e.g. move_margin=2",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results directory (default: a new one)")
     parser.add_argument("--resume", action="store_true", help="reuse policies already finished in --out")
     parser.add_argument(
@@ -156,6 +175,9 @@ def options_from_args(args: argparse.Namespace, *, keep_full_metadata: bool = Fa
         resume=args.resume,
         progress=False if args.no_progress else None,
         worker_timeout_s=args.timeout_s,
+        replicas=args.replicas,
+        routers=tuple(name.strip() for name in args.routers.split(",") if name.strip()),
+        affinity_knobs=_affinity_knobs(args.affinity_knob),
     )
     return dataclasses.replace(options, **overrides) if overrides else options
 
@@ -200,12 +222,23 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _knobs(pairs: list[str]) -> dict[str, Any]:
+def _affinity_knobs(pairs: list[str]) -> dict[str, Any]:
+    from serving.scaleout import AffinityKnobs
+
+    knobs = _knobs(pairs, flag="--affinity-knob")
+    try:
+        AffinityKnobs(**knobs)
+    except TypeError as exc:
+        raise UserError(f"--affinity-knob: {exc}") from None
+    return knobs
+
+
+def _knobs(pairs: list[str], *, flag: str = "--agentflow-knob") -> dict[str, Any]:
     knobs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--agentflow-knob takes KEY=VALUE, got {pair!r}")
+            raise UserError(f"{flag} takes KEY=VALUE, got {pair!r}")
         knobs[key.strip()] = _literal(value.strip())
     return knobs
 

@@ -41,6 +41,7 @@ from workloads.replay._trace import ScaledProgram
 
 __all__ = [
     "POLICIES",
+    "ROUTERS",
     "CallRecord",
     "CLIENT_METADATA",
     "ClientMetadata",
@@ -53,6 +54,7 @@ __all__ = [
     "program_tokens",
     "replay_programs",
     "speed_check",
+    "split_run",
     "timed_burst",
     "with_client_metadata",
 ]
@@ -162,9 +164,22 @@ POLICIES: dict[str, ServingPolicy] = {
 }
 
 
+ROUTERS = ("agentflow", "pow2", "session-hash", "prefix")  # serving._affinity.RouterKind's values
+
+
+def split_run(name: str) -> tuple[str, str | None]:
+    """A run's policy and router: `agentflow@pow2` -> (`agentflow`, `pow2`); a single engine's run has none."""
+    policy, sep, router = name.partition("@")
+    if sep and router not in ROUTERS:
+        raise UserError(f"unknown router {router!r} in {name!r}; known: {', '.join(ROUTERS)}")
+    return policy, router if sep else None
+
+
 def get_policy(name: str) -> ServingPolicy:
+    """The serving policy of a run name (`agentflow`, or `agentflow@pow2` across replicas)."""
+    policy, _ = split_run(name)
     try:
-        return POLICIES[name]
+        return POLICIES[policy]
     except KeyError:
         raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
 

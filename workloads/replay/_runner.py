@@ -34,7 +34,7 @@ from agentflow.exceptions import UserError
 from serving import PROGRAM_AWARE_SCHEDULER
 from workloads.replay._metrics import summarize_outcomes
 from workloads.replay._probe import OURS, STOCK, probe_figures
-from workloads.replay._run import ProgramOutcome, get_policy, ideal_program_s, poisson_arrivals
+from workloads.replay._run import ProgramOutcome, get_policy, ideal_program_s, poisson_arrivals, split_run
 from workloads.replay._trace import (
     DEFAULT_TRACE_PATH,
     ScaledProgram,
@@ -111,6 +111,17 @@ class ReplayOptions:
     resume: bool = False
     progress: bool | None = None  # None: a bar on a terminal only
     worker_timeout_s: float | None = None
+    # Engine replicas on Ray Serve (serving._ray): > 1 runs each policy once per router, as `policy@router`.
+    replicas: int = 1
+    routers: tuple[str, ...] = ("agentflow",)
+    affinity_knobs: dict[str, Any] = field(default_factory=dict)  # serving._affinity.AffinityKnobs overrides
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """What runs, one engine (or replica set) each: the policies, times the routers across replicas."""
+        if self.replicas == 1:
+            return self.policies
+        return tuple(f"{policy}@{router}" for policy in self.policies for router in self.routers)
 
     def __post_init__(self) -> None:
         if (self.rate_per_s is None) == (self.concurrency is None):
@@ -123,6 +134,10 @@ class ReplayOptions:
             raise UserError(f"a policy is named twice in {', '.join(self.policies)} (for an A/A pair use vllm,vllm:aa)")
         if not self.slo_factor > 0:
             raise UserError(f"slo_factor must be > 0, got {self.slo_factor}")
+        if self.replicas < 1:
+            raise UserError(f"replicas must be >= 1, got {self.replicas}")
+        for name in self.runs:
+            get_policy(name)  # checks the router too
 
 
 # The default run (`agentflow replay`, `agentflow bench serving`), sized for the 2-core CPU box:
@@ -164,7 +179,7 @@ def run_replay(options: ReplayOptions) -> ReplayReport:
     base_spec = _base_spec(options, programs, arrivals, deadlines)
     policies: dict[str, dict[str, Any]] = {}
     outcomes: dict[str, list[ProgramOutcome]] = {}
-    for name in options.policies:
+    for name in options.runs:
         policies[name], ran = _run_policy(name, base_spec, options, out_dir)
         if ran is not None:
             outcomes[name] = ran
@@ -199,6 +214,7 @@ def _run_policy(
     spec = {
         **base_spec,
         **_policy_extras(name, options),
+        **_replica_extras(name, options),
         "policy": name,
         "results_path": str(out_dir / f"{name}.programs.jsonl"),
         "progress": options.progress,
@@ -225,6 +241,7 @@ def _run_policy(
         "engine_stats": raw.get("engine_stats"),
         "speed_check": raw.get("speed_check"),
         "serving_metrics": raw.get("serving_metrics"),
+        **({"routing": raw["routing"]} if "routing" in raw else {}),
     }
     return figures, ran
 
@@ -258,6 +275,15 @@ def _policy_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
     if knobs:
         extras["engine_extra"] = {"scheduler_knobs": knobs}
     return extras
+
+
+def _replica_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
+    """Replicas and router, for runs across replicas only (a single engine's spec and digest stay put)."""
+    _, router = split_run(name)
+    if router is None:
+        return {}
+    knobs = {"affinity_knobs": dict(options.affinity_knobs)} if router == "agentflow" and options.affinity_knobs else {}
+    return {"replicas": options.replicas, "router": router, **knobs}
 
 
 def _agentflow_scheduler_present() -> bool:
@@ -360,6 +386,9 @@ def _settings(options: ReplayOptions) -> dict[str, Any]:
         "prompts": "token ids; turn i = turn i-1 prompt + its generated tokens + seeded tool-output tokens",
         "outputs": "forced to the scaled recorded length (ignore_eos + max_tokens), temperature 0",
         "policies": list(options.policies),
+        "replicas": options.replicas,
+        "routers": list(options.routers) if options.replicas > 1 else None,
+        "affinity_knobs": dict(options.affinity_knobs),
         "agentflow_metadata": "program_id, program_arrival_s, turn, is_last_turn, next_tool (the tool's name; its "
         "duration is not sent: the scheduler learns durations from the real ones reported as each tool ends)"
         + (", deadline_s" if options.send_deadlines else "; deadlines not sent (SLO scoring only)"),

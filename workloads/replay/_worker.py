@@ -35,6 +35,8 @@ from workloads.replay._trace import ScaledProgram
 
 __all__: list[str] = []  # internal module
 
+_REPORT_SETTLE_S = 2.0  # a few of Ray's routing-stats periods (serving._ray.ScaleOutOptions.stats_period_s)
+
 
 def main(argv: list[str]) -> int:
     probe = bool(argv) and argv[0] == "--probe"
@@ -76,12 +78,34 @@ async def _policy_engine(spec: dict[str, Any]) -> AsyncIterator[Any]:
 
     policy = get_policy(spec["policy"])
     config = EngineConfig(**spec["engine"], **policy.engine_overrides(), **spec.get("engine_extra", {}))
+    if spec.get("router") is not None:
+        async with _replica_set(spec, config) as replicas:
+            yield replicas
+        return
     engine = EmbeddedEngine(config)
     try:
         await engine.astart()
         yield engine
     finally:
         engine.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def _replica_set(spec: dict[str, Any], config: Any) -> AsyncIterator[Any]:
+    """`spec["replicas"]` engines on a local Ray instance behind `spec["router"]` (serving._ray.ReplicaSet)."""
+    from serving.scaleout import AffinityKnobs, RouterKind, ScaleOutOptions, start_replica_set
+
+    options = ScaleOutOptions(
+        engine=config,
+        replicas=spec["replicas"],
+        router=RouterKind(spec["router"]),
+        affinity=AffinityKnobs(**spec.get("affinity_knobs", {})),
+    )
+    replicas = start_replica_set(options)  # blocks until the engines are up; nothing else runs yet
+    try:
+        yield replicas
+    finally:
+        replicas.close()
 
 
 async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
@@ -95,19 +119,27 @@ async def _run_on(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
         deadlines_s=tuple(spec["deadlines_s"]) if spec.get("deadlines_s") is not None else None,
         send_deadlines=bool(spec.get("send_deadlines", False)),
     )
-    sink = _ProgramSink(spec.get("results_path"), policy.name, len(programs), spec.get("progress"))
+    across_replicas = spec.get("router") is not None
+    sink = _ProgramSink(spec.get("results_path"), spec["policy"], len(programs), spec.get("progress"))
     speed = await speed_check(engine, seed=spec["seed"])
+    routing_before = engine.routing() if across_replicas else None  # busy time so far: the speed check's
     started = time.perf_counter()
     try:
-        outcomes, engine_stats = await replay_programs(
-            engine, programs, settings, hooks=_runtime_hooks(engine, policy), on_done=sink.done
-        )
+        # Across replicas the runtime's tool-duration and program-end reports are not forwarded yet:
+        # each replica's scheduler learns from the program fields and its own steps.
+        hooks = RuntimeHooks() if across_replicas else _runtime_hooks(engine, policy)
+        outcomes, engine_stats = await replay_programs(engine, programs, settings, hooks=hooks, on_done=sink.done)
     finally:
         sink.close()
     replay_wall_s = time.perf_counter() - started
     # The scheduler's own counters (pins created/hit/expired/reclaimed, ...), where it keeps them.
-    serving_metrics = await engine.agentflow_metrics() if policy.program_aware else None
+    serving_metrics = await engine.agentflow_metrics() if policy.program_aware and not across_replicas else None
+    routing: dict[str, Any] = {}
+    if across_replicas:
+        await asyncio.sleep(_REPORT_SETTLE_S)  # the replicas' last load reports reach the router
+        routing = {"routing": {"before": routing_before, "after": engine.routing()}}
     return {
+        **routing,
         "speed_check": speed,
         "serving_metrics": serving_metrics,
         "policy": policy.name,
