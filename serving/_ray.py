@@ -391,11 +391,7 @@ class ScaleOutServer:
     started_ray: bool
 
     def close(self) -> None:
-        try:
-            serve.shutdown()
-        finally:
-            if self.started_ray:
-                ray.shutdown()
+        _shut_down(started_ray=self.started_ray)
 
 
 def start(options: ScaleOutOptions, *, timeout_s: float = 600.0) -> ScaleOutServer:
@@ -411,13 +407,20 @@ def start(options: ScaleOutOptions, *, timeout_s: float = 600.0) -> ScaleOutServ
         _wait_running(timeout_s)
     except BaseException:
         with contextlib.suppress(Exception):
-            serve.shutdown()
-        if started_ray:
-            ray.shutdown()
+            _shut_down(started_ray=started_ray)
         raise
     return ScaleOutServer(
         url=f"http://{_url_host(options.host)}:{options.port}", options=options, started_ray=started_ray
     )
+
+
+def _shut_down(*, started_ray: bool) -> None:
+    """Stop Serve's applications, then the local Ray instance if this process started it."""
+    try:
+        serve.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
 
 
 def _connect(options: ScaleOutOptions) -> bool:
@@ -537,11 +540,7 @@ class ReplicaSet:
         return _routers.snapshot()
 
     def close(self) -> None:
-        try:
-            serve.shutdown()
-        finally:
-            if self._started_ray:
-                ray.shutdown()
+        _shut_down(started_ray=self._started_ray)
 
 
 def replica_request(
@@ -584,9 +583,7 @@ def start_replica_set(options: ScaleOutOptions, *, timeout_s: float = 600.0) -> 
         _wait_running(timeout_s)
     except BaseException:
         with contextlib.suppress(Exception):
-            serve.shutdown()
-        if started_ray:
-            ray.shutdown()
+            _shut_down(started_ray=started_ray)
         raise
     return ReplicaSet(handle, started_ray=started_ray, startup_s=time.perf_counter() - started)
 
