@@ -267,14 +267,7 @@ class Ingress:
                         _chunk(request, delta.text, delta.finish_reason, chat=chat, model=self.served_model_name)
                     )
                 if delta.finished and tools:
-                    reply = ReplicaReply(
-                        text="".join(texts),
-                        finish_reason=delta.finish_reason,
-                        num_prompt_tokens=delta.num_prompt_tokens,
-                        num_completion_tokens=delta.num_completion_tokens,
-                        num_cached_tokens=delta.num_cached_tokens,
-                        replica=delta.replica,
-                    )
+                    reply = ReplicaReply.of_stream(texts, delta)
                     yield _sse(_tool_chunk(reply, request, model=self.served_model_name))
         except ReplicaUnavailable as exc:
             yield _sse({"error": {"message": str(exc), "type": "ServiceUnavailableError", "code": 503}})

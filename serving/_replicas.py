@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,18 @@ class ReplicaReply:
     num_completion_tokens: int
     num_cached_tokens: int
     replica: str  # the replica's id (Ray's replica unique id)
+
+    @classmethod
+    def of_stream(cls, texts: Sequence[str], last: ReplicaDelta) -> ReplicaReply:
+        """The reply a stream's deltas make: their texts joined, the counts of its finished last delta."""
+        return cls(
+            text="".join(texts),
+            finish_reason=last.finish_reason,
+            num_prompt_tokens=last.num_prompt_tokens,
+            num_completion_tokens=last.num_completion_tokens,
+            num_cached_tokens=last.num_cached_tokens,
+            replica=last.replica,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,14 +140,7 @@ class EngineReplica:
             texts.append(delta.text)
             last = delta
         assert last is not None and last.finished, "a stream ends with a finished delta"
-        return ReplicaReply(
-            text="".join(texts),
-            finish_reason=last.finish_reason,
-            num_prompt_tokens=last.num_prompt_tokens,
-            num_completion_tokens=last.num_completion_tokens,
-            num_cached_tokens=last.num_cached_tokens,
-            replica=self.replica_id,
-        )
+        return ReplicaReply.of_stream(texts, last)
 
     async def stream(self, request: ReplicaRequest) -> AsyncIterator[ReplicaDelta]:
         num_tokens = 0
