@@ -748,12 +748,16 @@ class ProgramAwareScheduler(_Scheduler):  # type: ignore[misc,valid-type]
     def _hold_back(self) -> list[Any]:
         """Take this step's cold program requests that must wait out of the queue (`serving._admission`).
 
-        Nothing is held while nothing runs and nothing is pinned.
+        Nothing is held while nothing runs: holding would idle the engine (it measured 0.83 s of
+        queueing against vLLM's 0.48 s at 0.25 programs/s while pins waited out their tools). The
+        pins stay safe without it: a younger request cannot reclaim an older program's pin
+        (`_reclaim`), and should an older program's growth need the blocks later, vLLM preempts the
+        youngest running request.
         """
         knobs = self.knobs
         if not (knobs.enabled and knobs.pinning and knobs.reserve_turns > 0 and self._single_group):
             return []
-        if not self.waiting or not (self.running or self._pins):
+        if not self.waiting or not self.running:
             return []
         requests = list(self.waiting)
         queue = [self._queued(request) for request in requests]

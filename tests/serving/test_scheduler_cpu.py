@@ -235,6 +235,8 @@ def test_a_cold_younger_program_waits_for_room_beside_an_older_resident_one(mode
     # 26 blocks fit beside the 10-block pin (30 free), so vLLM alone would admit it; not beside the
     # older program's growth reserve (8 turns x 2 blocks + 1) plus its own: admission control holds it.
     h.clock.advance(1.0)
+    h.add("busy", token_prompt(BLOCK // 2, "busy"), max_tokens=60)  # the engine has work: holding idles nothing
+    h.step()
     cold = md("cold", 0, h, is_last_turn=True)
     h.add("cold-0", token_prompt(25 * BLOCK, "cold"), extra_args=cold)
     for _ in range(5):
@@ -245,6 +247,21 @@ def test_a_cold_younger_program_waits_for_room_beside_an_older_resident_one(mode
     h.program_aware.end_program("older")  # room again: the held request runs
     h.finish("cold-0")
     assert h.metrics()["pins"]["reclaimed"] == 0
+
+
+def test_nothing_is_held_while_nothing_runs_and_the_older_pin_stays(model_dir: Path) -> None:
+    h = harness(model_dir, num_blocks=41, knobs={"fixed_ttl_s": 600})
+    h.add("older-0", token_prompt(10 * BLOCK, "resident"), extra_args=md("older", 0, h))
+    h.run()
+    h.clock.advance(1.0)
+    # The same cold request as above, but the older program is away at its tool and nothing runs:
+    # holding it would leave the engine idle. vLLM's own rule admits it beside the pin.
+    h.add("cold-0", token_prompt(25 * BLOCK, "cold"), extra_args=md("cold", 0, h, is_last_turn=True))
+    h.step()
+    assert "cold-0" in h.admitted
+    assert h.metrics()["requests"]["held_by_admission_control"] == 0
+    h.finish("cold-0")
+    assert h.metrics()["pins"]["active"] == 1 and h.metrics()["pins"]["reclaimed"] == 0
 
 
 def test_with_reserve_turns_zero_vllms_rule_admits_what_fits(model_dir: Path) -> None:
