@@ -13,6 +13,8 @@ the request path.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -188,4 +190,14 @@ class EngineReplica:
             max_num_seqs=self.engine.config.max_num_seqs,
             resident=self.resident.keys(now_s=time.monotonic()),
             busy_s=self.engine.busy_s,
+            compute=compute_key(),
         )
+
+
+def compute_key() -> str:
+    """What this process computes on: its host and the GPUs it sees, or the host's CPU cores.
+
+    Ray sets `CUDA_VISIBLE_DEVICES` per GPU replica; every CPU replica on a host shares its cores.
+    """
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return f"{socket.gethostname()}:{f'cuda:{devices}' if devices else 'cpu'}"

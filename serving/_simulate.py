@@ -186,7 +186,7 @@ class _Engine:
             del self.cache[victim]
         return True
 
-    def load(self, resident: bool) -> ReplicaLoad:
+    def load(self, resident: bool, compute: str) -> ReplicaLoad:
         blocks = self.spec.capacity_tokens // self.spec.block_size
         used = math.ceil(self.held_tokens() / self.spec.block_size)
         return ReplicaLoad(
@@ -198,6 +198,7 @@ class _Engine:
             num_running=len(self.running),
             max_num_seqs=self.spec.max_num_seqs,
             resident=frozenset(self.cache) if resident else frozenset(),
+            compute=compute,
         )
 
 
@@ -207,13 +208,19 @@ class _Engine:
 Choose = Callable[[_Request, list[_Engine]], int]
 
 
-def _router(kind: RouterKind, engines: list[_Engine], rng: random.Random, step: StepTimeModel) -> tuple[Choose, Any]:
+def _router(
+    kind: RouterKind, engines: list[_Engine], rng: random.Random, step: StepTimeModel, shared_cores: bool
+) -> tuple[Choose, Any]:
     """A function from a request to a replica index, and agentflow's policy when it is that router."""
     if kind is RouterKind.AGENTFLOW:
         policy = AffinityPolicy(cost=step, knobs=AffinityKnobs())
 
         def affinity(request: _Request, engines: list[_Engine]) -> int:
-            policy.update_replicas({str(i): e.load(resident=False) for i, e in enumerate(engines)})
+            loads = {
+                str(i): e.load(resident=False, compute="shared" if shared_cores else str(i))
+                for i, e in enumerate(engines)
+            }
+            policy.update_replicas(loads)
             route = RouteRequest(request_id=request.request_id, key=request.key, context_tokens=request.prompt_tokens)
             chosen = int(policy.choose(route).ranked[0])
             policy.on_routed(route, str(chosen), now_s=request.routed_at_s)
@@ -259,7 +266,7 @@ def simulate(
     """Every program's JCT and every replica's busy time under `router`."""
     step = StepTimeModel()
     engines = [_Engine(replica) for _ in range(replicas)]
-    choose, policy = _router(router, engines, random.Random(seed), step)
+    choose, policy = _router(router, engines, random.Random(seed), step, shared_cores)
     sim = _Sim(programs, engines, choose, policy, step, shared_cores)
     sim.run()
     return SimResult(

@@ -29,6 +29,7 @@ def load(
     running: int = 0,
     resident: frozenset[str] = frozenset(),
     max_num_seqs: int = 4,
+    compute: str = "",
 ) -> ReplicaLoad:
     return ReplicaLoad(
         num_blocks=128,
@@ -39,6 +40,7 @@ def load(
         num_running=running,
         max_num_seqs=max_num_seqs,
         resident=resident,
+        compute=compute,
     )
 
 
@@ -186,6 +188,26 @@ def test_never_moves_while_a_turn_of_the_program_is_in_flight() -> None:
     other = "b" if home == "a" else "a"
     policy.update_replicas({home: load(waiting=6, running=4), other: load()})
     assert policy.choose(req("program:p")).ranked[0] == home
+
+
+def test_never_moves_between_replicas_that_share_their_compute() -> None:
+    policy = policy_with({"a": load(), "b": load()}, default_service_s=2.0)
+    home, other = overloaded_home(policy, "program:p")
+    # The move that pays between separate devices (above), on one host's shared CPU cores: the other
+    # queue drains on the same cores, so the re-prefill is all cost.
+    shared = {home: load(waiting=6, running=4, compute="host:cpu"), other: load(running=1, compute="host:cpu")}
+    policy.update_replicas(shared)
+    assert policy.choose(req("program:p")).ranked[0] == home
+    apart = {home: load(waiting=6, running=4, compute="host:cuda:0"), other: load(running=1, compute="host:cuda:1")}
+    policy.update_replicas(apart)
+    assert policy.choose(req("program:p")).reason == "move"
+
+
+def test_a_load_report_round_trips_with_its_compute_and_an_older_report_reads_as_unknown() -> None:
+    report = load(compute="host:cpu", resident=frozenset({"program:p"}))
+    assert ReplicaLoad.from_stats(report.to_stats()) == report
+    older = {k: v for k, v in report.to_stats().items() if k != "compute"}
+    assert ReplicaLoad.from_stats(older) == load(resident=frozenset({"program:p"}))
 
 
 def test_never_moves_to_a_replica_that_is_overloaded_too() -> None:
