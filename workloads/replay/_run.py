@@ -165,14 +165,21 @@ POLICIES: dict[str, ServingPolicy] = {
 
 
 ROUTERS = ("agentflow", "pow2", "session-hash", "prefix")  # serving._affinity.RouterKind's values
+AA_SUFFIX = ":aa"  # `pow2:aa`: the same router again, its own run: the A/A pair across replicas
 
 
 def split_run(name: str) -> tuple[str, str | None]:
     """A run's policy and router: `agentflow@pow2` -> (`agentflow`, `pow2`); a single engine's run has none."""
     policy, sep, router = name.partition("@")
-    if sep and router not in ROUTERS:
-        raise UserError(f"unknown router {router!r} in {name!r}; known: {', '.join(ROUTERS)}")
+    if sep and router_kind(router) not in ROUTERS:
+        known = ", ".join(ROUTERS)
+        raise UserError(f"unknown router {router!r} in {name!r}; known: {known} (any of them + {AA_SUFFIX!r})")
     return policy, router if sep else None
+
+
+def router_kind(router: str) -> str:
+    """The router a run name's router runs: `pow2:aa` runs `pow2`."""
+    return router.removesuffix(AA_SUFFIX)
 
 
 def get_policy(name: str) -> ServingPolicy:

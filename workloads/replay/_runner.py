@@ -34,7 +34,7 @@ from agentflow.exceptions import UserError
 from serving import PROGRAM_AWARE_SCHEDULER
 from workloads.replay._metrics import summarize_outcomes
 from workloads.replay._probe import OURS, STOCK, probe_figures
-from workloads.replay._run import ProgramOutcome, get_policy, ideal_program_s, poisson_arrivals, split_run
+from workloads.replay._run import ProgramOutcome, get_policy, ideal_program_s, poisson_arrivals, router_kind, split_run
 from workloads.replay._trace import (
     DEFAULT_TRACE_PATH,
     ScaledProgram,
@@ -136,6 +136,8 @@ class ReplayOptions:
             raise UserError(f"slo_factor must be > 0, got {self.slo_factor}")
         if self.replicas < 1:
             raise UserError(f"replicas must be >= 1, got {self.replicas}")
+        if self.replicas > 1 and len(set(self.routers)) != len(self.routers):
+            raise UserError(f"a router is named twice in {', '.join(self.routers)} (for an A/A pair use pow2,pow2:aa)")
         for name in self.runs:
             get_policy(name)  # checks the router too
 
@@ -282,8 +284,9 @@ def _replica_extras(name: str, options: ReplayOptions) -> dict[str, Any]:
     _, router = split_run(name)
     if router is None:
         return {}
-    knobs = {"affinity_knobs": dict(options.affinity_knobs)} if router == "agentflow" and options.affinity_knobs else {}
-    return {"replicas": options.replicas, "router": router, **knobs}
+    kind = router_kind(router)
+    knobs = {"affinity_knobs": dict(options.affinity_knobs)} if kind == "agentflow" and options.affinity_knobs else {}
+    return {"replicas": options.replicas, "router": kind, **knobs}
 
 
 def _agentflow_scheduler_present() -> bool:

@@ -12,6 +12,8 @@ Keys of the report (ratios > 1 mean agentflow's router is faster):
 - `choose_replicas_p50_us`: per router, the median time in `choose_replicas` (the router's own
   code: Ray's queue-length probes and backoff are not in it);
 - `moves`, `rehomes`, `fallbacks`: agentflow's router's counters;
+- `aa_ratio`, `aa_spread`: pow2's mean JCT / that of its second run (`pow2:aa`, the last run) and
+  |1 - that|: what the machine alone makes of one router run twice, printed beside every ratio;
 - `simulation`: the discrete-event simulator (`serving._simulate`), calibrated on the single
   engine's measured prefill and decode speed, its error against the measured 1-replica replay
   and each router's 2-replica replay (`validation`), and its projections at 8, 64 and 512
@@ -42,7 +44,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "load_imbalance_agentflow": ("<=", 1.3),
     "choose_replicas_p50_us_agentflow": ("<=", 200.0),
 }
-ROUTERS = ("agentflow", "pow2", "session-hash", "prefix")
+# pow2 runs twice, last (`pow2:aa`): the ratio of the two is the machine's noise across replicas.
+ROUTERS = ("agentflow", "pow2", "session-hash", "prefix", "pow2:aa")
 
 
 def register_bench() -> None:
@@ -102,6 +105,9 @@ def scaleout_figures(report: dict[str, Any]) -> dict[str, Any]:
         slug = router.replace("-", "_")
         figures[f"mean_jct_ratio_vs_{slug}"] = ratio(theirs.get("mean_jct_s"), ours.get("mean_jct_s"))
         figures[f"p95_jct_ratio_vs_{slug}"] = ratio(theirs.get("p95_jct_s"), ours.get("p95_jct_s"))
+    aa_ratio = ratio(per_router.get("pow2", {}).get("mean_jct_s"), per_router.get("pow2:aa", {}).get("mean_jct_s"))
+    figures["aa_ratio"] = aa_ratio
+    figures["aa_spread"] = round(abs(aa_ratio - 1.0), 3) if aa_ratio is not None else None
     figures["load_imbalance_agentflow"] = ours.get("load_imbalance")
     figures["choose_replicas_p50_us_agentflow"] = ours.get("choose_replicas_p50_us")
     targets = {key: target for key, target in TARGETS.items() if _judged(key, per_router)}
