@@ -219,6 +219,7 @@ def _city_tasks() -> list[tuple[str, str | float | int, int, int | None]]:
 
     def population(name: str) -> int:
         return int(_city(name, "population"))
+
     for names in (
         ("Paris", "Rome"),
         ("Tokyo", "Mumbai", "Istanbul"),

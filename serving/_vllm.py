@@ -614,9 +614,7 @@ def register_tool_parser(parse: Callable[[str], Any]) -> None:
                 )
                 for call in parsed.calls
             ]
-            return ExtractedToolCallInformation(
-                tools_called=True, tool_calls=calls, content=parsed.content or None
-            )
+            return ExtractedToolCallInformation(tools_called=True, tool_calls=calls, content=parsed.content or None)
 
     ToolParserManager.register_module(name=TOOL_CALL_PARSER, module=AgentflowToolParser, force=True)
 

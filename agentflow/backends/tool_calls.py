@@ -93,9 +93,7 @@ def _bare(text: str) -> ParsedToolCalls:
         if problem is not None and '"name"' in body:  # a call was attempted but is not JSON
             return ParsedToolCalls(content="", calls=(), error=f"tool call 1: {problem}")
         return ParsedToolCalls(content=text.strip(), calls=(), error=None)
-    return ParsedToolCalls(
-        content=text[:region_start].strip(), calls=tuple(calls), error="; ".join(problems) or None
-    )
+    return ParsedToolCalls(content=text[:region_start].strip(), calls=tuple(calls), error="; ".join(problems) or None)
 
 
 def _first_json_start(text: str) -> int | None:

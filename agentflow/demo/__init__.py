@@ -105,9 +105,7 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 def grounding(answer: str, best: str, score: float, weather: dict[str, Any] | None) -> Grounding:
     """Whether `answer` names `best` and cites a figure of it (its score or a weather value, to 0.1)."""
     figures = [float(score), *(float(v) for v in (weather or {}).values() if isinstance(v, int | float))]
-    cited = tuple(
-        number for number in _NUMBER.findall(answer) if any(abs(float(number) - f) < 0.051 for f in figures)
-    )
+    cited = tuple(number for number in _NUMBER.findall(answer) if any(abs(float(number) - f) < 0.051 for f in figures))
     return Grounding(names_best=best.lower() in answer.lower(), cited=cited)
 
 

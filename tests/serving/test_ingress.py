@@ -204,7 +204,8 @@ def test_only_the_adapter_imports_ray() -> None:
         path.relative_to(REPO).as_posix()
         for package in ("agentflow", "executor", "planner", "serving", "workloads")
         for path in (REPO / package).glob("**/*.py")
-        if path.name != "_ray.py" and any(
+        if path.name != "_ray.py"
+        and any(
             line.strip().startswith(("import ray", "from ray ", "from ray.")) for line in path.read_text().splitlines()
         )
     ]
