@@ -2,7 +2,9 @@
 
 Each replica is an engine stepped by the step-time model the scheduler fits
 (`serving._estimators.StepTimeModel`: a step costs a + b*P + c*P^2 + d*D, P the kilotokens it
-prefills, D the requests it decodes), scaled by one factor calibrated on a measured prefill. It
+prefills, D the requests it decodes): either as the scheduler fitted it on a real replay's steps
+(`fitted_replica`: its snapshot from `/agentflow/metrics`), or its seeds scaled by factors
+calibrated on a measured prefill and decode (`calibrated_replica`). It
 holds each program's context in a KV pool of `capacity_tokens`: a turn prefills only what its
 replica does not hold (the shared system prompt and the program's last context, if not evicted;
 least recently used contexts are evicted first, never a running request's). Like agentflow's
@@ -34,7 +36,7 @@ from typing import Any
 from serving._affinity import AffinityKnobs, AffinityPolicy, ReplicaLoad, RouteRequest, RouterKind
 from serving._estimators import ENGINE_NOTES_DECODE_S, StepTimeModel
 
-__all__ = ["SimProgram", "SimReplica", "SimResult", "SimTurn", "calibrated_replica", "simulate"]
+__all__ = ["SimProgram", "SimReplica", "SimResult", "SimTurn", "calibrated_replica", "fitted_replica", "simulate"]
 
 
 _RESERVE_TURNS = 8  # serving._knobs.SchedulerKnobs.reserve_turns' default
@@ -64,6 +66,8 @@ class SimReplica:
     block_size: int = 32
     prefill_factor: float = 1.0  # prefill seconds x this (calibrated on a measured prefill)
     decode_factor: float = 1.0  # the rest of a step x this (calibrated on a measured decode)
+    # A step's (a, b, c, d) as the scheduler fitted them on real steps; None: the seeds' (x the factors).
+    coefficients: tuple[float, float, float, float] | None = None
 
 
 def calibrated_replica(
@@ -78,6 +82,16 @@ def calibrated_replica(
         prefill_factor=max(prefill_512_s - decode_s_per_token, 1e-6) / max(model_prefill_512, 1e-6),
         decode_factor=decode_s_per_token / max(a + d, 1e-6),
     )
+
+
+def fitted_replica(*, capacity_tokens: int, max_num_seqs: int, step_time_model: dict[str, Any]) -> SimReplica:
+    """A replica stepped by the scheduler's own fit (`StepTimeModel.snapshot()` after a real replay)."""
+    try:
+        fit = tuple(float(step_time_model[key]) for key in ("a_s", "b_s_per_ktok", "c_s_per_ktok2", "d_s_per_decode"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a step-time model snapshot: {step_time_model!r}") from exc
+    a, b, c, d = (max(value, 0.0) for value in fit)
+    return SimReplica(capacity_tokens=capacity_tokens, max_num_seqs=max_num_seqs, coefficients=(a, b, c, d))
 
 
 @dataclass(slots=True)
@@ -322,7 +336,7 @@ class _Sim:
         self.shared_cores = shared_cores
         self.turns: list[tuple[float, int, int]] = []  # (time, program, turn): turns arriving
         self.steps: list[tuple[float, int]] = []  # (time, engine): steps ending
-        self.coefficients = _coefficients(step)
+        self.coefficients = engines[0].spec.coefficients or _coefficients(step)
         self.context = [p.shared_prefix_tokens for p in programs]  # tokens of each program's context so far
         self.jct_s: list[float] = []
         self.prefill_tokens = 0

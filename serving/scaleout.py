@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 from agentflow.exceptions import UserError
 from serving._affinity import AffinityKnobs, RouterKind
-from serving._simulate import SimProgram, SimReplica, SimResult, SimTurn, calibrated_replica, simulate
+from serving._simulate import (
+    SimProgram,
+    SimReplica,
+    SimResult,
+    SimTurn,
+    calibrated_replica,
+    fitted_replica,
+    simulate,
+)
 from serving.engine import EngineConfig
 
 if TYPE_CHECKING:
@@ -26,6 +34,7 @@ __all__ = [
     "SimResult",
     "SimTurn",
     "calibrated_replica",
+    "fitted_replica",
     "simulate",
     "start",
     "start_replica_set",

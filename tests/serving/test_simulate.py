@@ -7,7 +7,7 @@ import random
 import pytest
 
 from serving._affinity import RouterKind
-from serving._simulate import SimProgram, SimReplica, SimTurn, calibrated_replica, simulate
+from serving._simulate import SimProgram, SimReplica, SimTurn, calibrated_replica, fitted_replica, simulate
 
 
 def workload(num_programs: int, *, rate_per_s: float, turns: int = 6, seed: int = 0) -> list[SimProgram]:
@@ -76,3 +76,17 @@ def test_calibration_matches_the_measured_speeds() -> None:
     program = SimProgram("p", 0.0, 0, (SimTurn(512, 2, 0.0),))
     (jct,) = simulate([program], replicas=1, replica=replica, router=RouterKind.AGENTFLOW).jct_s
     assert jct == pytest.approx(1.52 + 0.06, rel=0.05)  # a 512-token prefill step, then one decode step
+
+
+def test_a_fitted_replica_steps_at_the_schedulers_own_fit() -> None:
+    fit = {"steps_observed": 1461, "a_s": 0.03, "b_s_per_ktok": 1.0, "c_s_per_ktok2": 0.5, "d_s_per_decode": 0.001}
+    replica = fitted_replica(capacity_tokens=4096, max_num_seqs=8, step_time_model=fit)
+    program = SimProgram("p", 0.0, 0, (SimTurn(512, 2, 0.0),))
+    (jct,) = simulate([program], replicas=1, replica=replica, router=RouterKind.AGENTFLOW).jct_s
+    prefill_step = 0.03 + 1.0 * 0.512 + 0.5 * 0.512**2  # nothing decoding yet
+    assert jct == pytest.approx(prefill_step + 0.03 + 0.001, rel=1e-6)
+
+
+def test_a_fitted_replica_refuses_what_is_not_a_step_time_snapshot() -> None:
+    with pytest.raises(ValueError, match="not a step-time model snapshot"):
+        fitted_replica(capacity_tokens=4096, max_num_seqs=8, step_time_model={"a_s": "fast"})

@@ -14,10 +14,11 @@ Keys of the report (ratios > 1 mean agentflow's router is faster):
 - `moves`, `rehomes`, `fallbacks`: agentflow's router's counters;
 - `aa_ratio`, `aa_spread`: pow2's mean JCT / that of its second run (`pow2:aa`, the last run) and
   |1 - that|: what the machine alone makes of one router run twice, printed beside every ratio;
-- `simulation`: the discrete-event simulator (`serving._simulate`), calibrated on the single
-  engine's measured prefill and decode speed, its error against the measured 1-replica replay
-  and each router's 2-replica replay (`validation`), and its projections at 8, 64 and 512
-  replicas (one device each, the same load per replica: `projections`).
+- `simulation`: the discrete-event simulator (`serving._simulate`), stepped by the step-time model
+  agentflow's scheduler fitted during the single-engine replay (else calibrated on its speed
+  check), its error against the measured 1-replica replay and each router's 2-replica replay
+  (`validation`), and its projections at 8, 64 and 512 replicas (one device each, the same load
+  per replica: `projections`).
 
 A single-engine replay (agentflow's scheduler, no Ray) runs first: the simulator's 1-replica check.
 """
@@ -174,28 +175,53 @@ _SIM_ROUTERS = ("agentflow", "pow2", "session-hash", "prefix")
 
 
 def simulation_figures(options: Any, single: dict[str, Any], multi: dict[str, Any]) -> dict[str, Any]:
-    """Calibrate on the single engine's speed check, check against the measured replays, project."""
-    from serving.scaleout import calibrated_replica
-
-    speed = (single["policies"].get("agentflow") or {}).get("speed_check")
-    if not speed:
+    """Step the simulator with the single engine's fitted step-time model, check it against the replays, project."""
+    run = single["policies"].get("agentflow") or {}
+    replica, calibration = _sim_replica(options, run)
+    if replica is None:
         return {"status": "unavailable", "reason": "the single-engine replay did not run"}
-    replica = calibrated_replica(
-        capacity_tokens=_capacity_tokens(options),
-        max_num_seqs=options.engine.max_num_seqs,
-        prefill_512_s=speed["prefill_s"] * 512 / speed["prompt_tokens"],
-        decode_s_per_token=speed["decode_s_per_token"],
-    )
     programs = sim_programs(options)
     return {
         "status": "ok",
-        "calibration": {"prefill_factor": replica.prefill_factor, "decode_factor": replica.decode_factor},
+        "calibration": calibration,
         "replica": dataclasses.asdict(replica),
         "validation": _validation(programs, replica, single, multi, options.replicas),
         "projections": _projections(programs, replica, options),
         "note": "validation: 2 replicas on this machine's shared cores (a step slows by the replicas busy); "
         "projections: a device per replica, the bench's programs repeated so each replica gets "
         f"{_PROJECTION_PROGRAMS_PER_REPLICA}, arrivals at the bench's rate x replicas / 2",
+    }
+
+
+_MIN_FITTED_STEPS = 200  # fewer observed steps: the speed check's calibration instead
+
+
+def _sim_replica(options: Any, run: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The simulated replica and how its speed was set.
+
+    Stepped by the step-time model agentflow's scheduler fitted during the single-engine replay
+    (the replay's real mixed steps), else calibrated on the replay's isolated speed check.
+    """
+    from serving.scaleout import calibrated_replica, fitted_replica
+
+    capacity, seqs = _capacity_tokens(options), options.engine.max_num_seqs
+    fit = (run.get("serving_metrics") or {}).get("step_time_model") or {}
+    if int(fit.get("steps_observed", 0)) >= _MIN_FITTED_STEPS:
+        replica = fitted_replica(capacity_tokens=capacity, max_num_seqs=seqs, step_time_model=fit)
+        return replica, {"source": "the scheduler's step-time model, fitted on the single-engine replay", **fit}
+    speed = run.get("speed_check")
+    if not speed:
+        return None, {}
+    replica = calibrated_replica(
+        capacity_tokens=capacity,
+        max_num_seqs=seqs,
+        prefill_512_s=speed["prefill_s"] * 512 / speed["prompt_tokens"],
+        decode_s_per_token=speed["decode_s_per_token"],
+    )
+    return replica, {
+        "source": "the step-time model's seeds, scaled to the single engine's speed check",
+        "prefill_factor": replica.prefill_factor,
+        "decode_factor": replica.decode_factor,
     }
 
 
