@@ -74,14 +74,14 @@ def sweep_figures(per_rate: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         low = rows[lowest]["policies"]
         q_vllm = low.get("vllm", {}).get("queueing_delay_mean_s")
         q_aa = low.get("vllm:aa", {}).get("queueing_delay_mean_s")
-        q_ours = low.get("agentflow", {}).get("queueing_delay_mean_s")
         noise = abs(q_vllm - q_aa) if q_vllm is not None and q_aa is not None else 0.0
+        ours = {name: low.get(name, {}).get("queueing_delay_mean_s") for name in _CHECKED}
         queue_check = {
             "rate": lowest,
             "vllm_s": q_vllm,
             "vllm_aa_s": q_aa,
-            "agentflow_s": q_ours,
-            "pass": q_ours is not None and q_vllm is not None and q_ours <= q_vllm + noise,
+            **{f"{name.replace(':', '_')}_s": q for name, q in ours.items()},
+            "pass": q_vllm is not None and all(q is not None and q <= q_vllm + noise for q in ours.values()),
         }
     return {
         "rates": rows,

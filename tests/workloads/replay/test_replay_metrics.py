@@ -301,7 +301,7 @@ def test_sweep_figures_judge_each_rate_against_the_aa_spread() -> None:
             "vllm:aa": {**_policy(aa, aa), "queueing_delay_mean_s": queued[1]},
             "continuum": _policy(vllm * 0.8, vllm),
             "agentflow": {**_policy(ours, ours), "queueing_delay_mean_s": queued[2]},
-            "agentflow:none": _policy(none, none),
+            "agentflow:none": {**_policy(none, none), "queueing_delay_mean_s": queued[2]},
         }
 
     figures = sweep_figures(
@@ -316,7 +316,9 @@ def test_sweep_figures_judge_each_rate_against_the_aa_spread() -> None:
         "agentflow@4": True,
         "agentflow:none@4": True,
     }
-    assert figures["queueing_at_lowest_rate"]["pass"] is True  # 0.52 <= 0.5 + |0.5 - 0.45|
+    queueing = figures["queueing_at_lowest_rate"]
+    assert queueing["pass"] is True  # 0.52 <= 0.5 + |0.5 - 0.45|, agentflow and agentflow:none
+    assert queueing["agentflow_s"] == queueing["agentflow_none_s"] == 0.52
     assert figures["all_pass"] is True
     slower = sweep_figures({"1": rate(10.0, 10.0, 12.0, 10.0, (1, 1, 2))})
     assert slower["no_slower_than_vllm"]["agentflow@1"] is False and slower["all_pass"] is False
