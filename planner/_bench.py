@@ -279,11 +279,11 @@ async def plan_validity(
 
 async def _engine_figures(model: str | None, num_tasks: int | None, seed: int) -> dict[str, Any]:
     from planner._bench_tasks import taskset_figures
-    from planner.taskset import PLANNER_EXAMPLES, TASKS, make_registry
+    from planner.taskset import PLANNER_EXAMPLES, make_registry, spread_tasks
 
     backend = resolve_backend(model)
     examples = [PlanExample(task=task, plan=plan) for task, plan in PLANNER_EXAMPLES]
-    tasks = [t.text for t in (TASKS[:num_tasks] if num_tasks else TASKS)]
+    tasks = [t.text for t in spread_tasks(num_tasks)]
     start = time.perf_counter()
     await backend.start()
     startup_s = time.perf_counter() - start

@@ -18,7 +18,7 @@ from agentflow.backends import LLMBackend
 from planner._prompt import PlanExample
 from planner._react import run_react
 from planner._run import PlannerOptions, compile_and_run
-from planner.taskset import PLANNER_EXAMPLES, TASKS, PlannerTask, check_answer, make_registry
+from planner.taskset import PLANNER_EXAMPLES, PlannerTask, check_answer, make_registry, spread_tasks
 
 __all__ = ["TASKSET_TARGETS", "taskset_figures"]
 
@@ -35,13 +35,13 @@ async def taskset_figures(
     plan_max_tokens: int = 384,
     max_tokens: int = 128,
 ) -> dict[str, Any]:
-    """Run the task set (the first `num_tasks`, else all) through both systems; the figures and per-task rows."""
+    """Run the task set (`num_tasks` spread over it, else all) through both systems; the figures and per-task rows."""
     registry = make_registry(latency_s=TOOL_LATENCY_S, seed=seed)
     examples = [PlanExample(task=task, plan=plan) for task, plan in PLANNER_EXAMPLES]
     options = PlannerOptions(
         max_replans=1, examples=examples, plan_max_tokens=plan_max_tokens, join_max_tokens=max_tokens
     )
-    tasks: Sequence[PlannerTask] = TASKS[:num_tasks] if num_tasks else TASKS
+    tasks: Sequence[PlannerTask] = spread_tasks(num_tasks)
     await backend.start()
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()

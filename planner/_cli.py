@@ -40,7 +40,10 @@ def register(subparsers: Any) -> None:
     bench = add_bench("planner", "planner vs sequential ReAct speedup, plan validity, first tool start", _bench)
     bench.add_argument("--no-engine", action="store_true", help="skip the embedded-model figures (quick run)")
     bench.add_argument(
-        "--num-tasks", type=int, default=None, help="the first N tasks of the task set (default: all 43)"
+        "--num-tasks",
+        type=int,
+        default=None,
+        help="N tasks spread evenly over the task set, every kind represented (default: all 43)",
     )
     bench.add_argument("--model", default=None, help="model string for the real-model figures (default: embedded)")
     bench.add_argument("--seed", type=int, default=0)

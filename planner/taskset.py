@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from agentflow.tools import Tool, ToolRegistry, tool
 
-__all__ = ["PLANNER_EXAMPLES", "TASKS", "WORLD", "PlannerTask", "check_answer", "make_registry"]
+__all__ = ["PLANNER_EXAMPLES", "TASKS", "WORLD", "PlannerTask", "check_answer", "make_registry", "spread_tasks"]
 
 WORLD: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "world.json").read_text())
 _CITIES: dict[str, dict[str, Any]] = WORLD["cities"]
@@ -303,6 +303,19 @@ def _build_tasks() -> list[PlannerTask]:
 
 
 TASKS: tuple[PlannerTask, ...] = tuple(_build_tasks())
+
+
+def spread_tasks(num_tasks: int | None) -> tuple[PlannerTask, ...]:
+    """`num_tasks` tasks spread evenly over `TASKS` (every kind of task, 2 to 8 lookups); None: all.
+
+    The set is ordered by kind, so its first N would all be one kind.
+    """
+    if num_tasks is None or num_tasks >= len(TASKS):
+        return TASKS
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    step = len(TASKS) / num_tasks
+    return tuple(TASKS[int(i * step)] for i in range(num_tasks))
 
 
 # Few-shot plans for these tools (LLMCompiler prompts with in-context examples). Their tasks are

@@ -10,7 +10,7 @@ import pytest
 
 from agentflow.testing import ScriptedLLM
 from planner import build_grammar, compile_and_run, parse_plan
-from planner.taskset import TASKS, WORLD, check_answer, make_registry
+from planner.taskset import TASKS, WORLD, check_answer, make_registry, spread_tasks
 
 
 def test_at_least_40_tasks_each_needing_2_to_8_lookups() -> None:
@@ -74,3 +74,14 @@ async def test_a_right_plan_solves_a_task_and_plans_of_32_steps_fit_the_grammar(
     long_plan = "\n".join(f'{i}. city_population("Paris")' for i in range(1, 33)) + "\n33. join()"
     assert len(parse_plan(long_plan, registry).nodes) == 32
     assert "step32 ::=" in build_grammar(registry) and "step33 ::=" not in build_grammar(registry)
+
+
+def test_a_spread_of_tasks_covers_every_kind_and_lookup_count() -> None:
+    picked = spread_tasks(12)
+    assert len(picked) == len(set(t.task_id for t in picked)) == 12
+    kinds = {t.text.split(":")[0].split(" of ")[0][:24] for t in picked}
+    assert len(kinds) >= 8  # the first 12 would be three kinds only
+    assert min(t.lookups for t in picked) == 2 and max(t.lookups for t in picked) >= 5
+    assert spread_tasks(None) == TASKS == spread_tasks(len(TASKS) + 5)
+    with pytest.raises(ValueError, match="num_tasks"):
+        spread_tasks(0)
