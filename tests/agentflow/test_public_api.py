@@ -134,6 +134,7 @@ EXPORTS: dict[str, set[str]] = {
         "SimResult",
         "SimTurn",
         "calibrated_replica",
+        "fitted_replica",
         "simulate",
         "start",
         "start_replica_set",
