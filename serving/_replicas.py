@@ -128,6 +128,7 @@ class EngineReplica:
         self.replica_id = replica_id
         self.engine = EmbeddedEngine(config)
         self.resident = ResidentBook(resident_ttl_s=resident_ttl_s)
+        self.compute = compute_key()  # fixed for the process: read once, not on every load report
 
     async def start(self) -> None:
         await self.engine.astart()
@@ -190,7 +191,7 @@ class EngineReplica:
             max_num_seqs=self.engine.config.max_num_seqs,
             resident=self.resident.keys(now_s=time.monotonic()),
             busy_s=self.engine.busy_s,
-            compute=compute_key(),
+            compute=self.compute,
         )
 
 
