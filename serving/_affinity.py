@@ -233,6 +233,7 @@ class AffinityPolicy:
         self._cost = cost
         self._loads: dict[str, ReplicaLoad | None] = {}  # replica id -> its last report (None: none yet)
         self._in_flight_by_replica: dict[str, int] = {}  # replica id -> requests this router has there
+        self._done_since_report: dict[str, int] = {}  # replica id -> finished here since its report
         self._programs: OrderedDict[str, _Program] = OrderedDict()  # key -> its program, LRU first
         self._requests: dict[str, _InFlight] = {}  # request id -> where it went
         self._homed: dict[str, int] = {}  # replica id -> programs this router placed there (live ones)
@@ -243,13 +244,21 @@ class AffinityPolicy:
     # -- the replica set ---------------------------------------------------------------------------
 
     def update_replicas(self, loads: Mapping[str, ReplicaLoad | None]) -> None:
-        """The live replicas and their latest reports; a replica missing here is gone."""
-        self._loads = dict(loads)
+        """The live replicas and their latest reports; a replica missing here is gone.
+
+        A report is the same object until the replica sends a new one (Ray hands the same stats; the
+        shell parses each once), so a new object is a new report: what this router saw finish before
+        it is already in it.
+        """
+        previous, self._loads = self._loads, dict(loads)
         for replica in list(self._in_flight_by_replica):
             if replica not in self._loads:
                 del self._in_flight_by_replica[replica]
-        for replica in self._loads:
+                self._done_since_report.pop(replica, None)
+        for replica, load in self._loads.items():
             self._in_flight_by_replica.setdefault(replica, 0)
+            if load is None or load is not previous.get(replica):
+                self._done_since_report[replica] = 0
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -329,17 +338,22 @@ class AffinityPolicy:
         return load is not None and load.headroom_blocks < self._blocks(context_tokens, load) // 4
 
     def _pending(self, replica: str) -> int:
-        """Requests at `replica`: the larger of this router's in-flight count and its report (other routers')."""
+        """Requests at `replica`: the larger of this router's in-flight count and its report (other routers').
+
+        The report is up to a stats period old: requests this router saw finish since are taken off it,
+        or a burst of new programs arriving just after a turn ended would all avoid that replica.
+        """
         load = self._loads.get(replica)
         reported = load.num_running + load.num_waiting if load is not None else 0
-        return max(self._in_flight_by_replica.get(replica, 0), reported)
+        return max(self._in_flight_by_replica.get(replica, 0), reported - self._done_since_report.get(replica, 0))
 
     def _waiting(self, replica: str) -> int:
         """Requests at `replica` beyond what it runs at once."""
         load = self._loads.get(replica)
         if load is None:
             return self._in_flight_by_replica.get(replica, 0)
-        return max(load.num_waiting, self._pending(replica) - load.max_num_seqs)
+        reported = max(0, load.num_waiting - self._done_since_report.get(replica, 0))
+        return max(reported, self._pending(replica) - load.max_num_seqs)
 
     @staticmethod
     def _blocks(num_tokens: int, load: ReplicaLoad) -> int:
@@ -396,6 +410,7 @@ class AffinityPolicy:
             return
         if done.replica in self._in_flight_by_replica:
             self._in_flight_by_replica[done.replica] = max(0, self._in_flight_by_replica[done.replica] - 1)
+            self._done_since_report[done.replica] = self._done_since_report.get(done.replica, 0) + 1
         self._observe_service(max(0.0, now_s - done.routed_at_s), done.pending_at_route)
         program = self._programs.get(done.key) if done.key is not None else None
         if program is not None:

@@ -297,6 +297,35 @@ def test_new_programs_spread_over_idle_replicas_by_the_programs_already_placed()
     assert sorted(homes) == ["a", "a", "b", "b"]
 
 
+def test_a_stale_report_does_not_count_requests_this_router_saw_finish() -> None:
+    """Reports come every stats period: one taken while a turn ran still lists it after it finished.
+
+    New programs arriving just after must spread by what is really there (CI once saw four new
+    programs all avoid a replica whose report still counted one finished request).
+    """
+    stale = {"a": load(running=1), "b": load()}
+    policy = policy_with(stale)
+    turn = req("program:old", last=True)
+    policy.on_routed(turn, "a", now_s=0.0)
+    policy.on_completed(turn.request_id, now_s=0.5)
+    homes = []
+    for i in range(4):
+        policy.update_replicas(stale)  # the same reports: no new one yet
+        request = req(f"program:p{i}")
+        homes.append(route(policy, request))
+        policy.on_completed(request.request_id, now_s=1.0)
+    assert sorted(homes) == ["a", "a", "b", "b"]
+
+
+def test_a_new_report_replaces_what_this_router_saw_finish() -> None:
+    policy = policy_with({"a": load(running=1), "b": load()})
+    turn = req("program:old")
+    policy.on_routed(turn, "a", now_s=0.0)
+    policy.on_completed(turn.request_id, now_s=0.5)
+    policy.update_replicas({"a": load(running=2), "b": load()})  # other routers' requests, reported after
+    assert policy.choose(req("program:new")).ranked[0] == "b"
+
+
 def test_choices_never_routed_do_not_pile_up() -> None:
     policy = policy_with({"a": load()})
     for i in range(5000):
