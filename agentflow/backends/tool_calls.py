@@ -60,13 +60,15 @@ def parse_tool_calls(text: str, *, bare_json: bool = False) -> ParsedToolCalls:
 def _tagged(text: str) -> ParsedToolCalls:
     calls: list[ToolCall] = []
     problems: list[str] = []
-    for index, match in enumerate(_BLOCK.finditer(text)):
+    for match in _BLOCK.finditer(text):
         body = match.group(1) if match.group(1) is not None else match.group(2)
-        call, problem = _read_call(body, index)
-        if call is not None:
-            calls.append(call)
-        else:
-            problems.append(f"tool call {index + 1}: {problem}")
+        for payload in _block_payloads(body):
+            index = len(calls) + len(problems)
+            call, problem = _read_payload(payload, index) if isinstance(payload, dict) else (None, payload)
+            if call is not None:
+                calls.append(call)
+            else:
+                problems.append(f"tool call {index + 1}: {problem}")
     content = text[: text.index(_START)].strip()
     return ParsedToolCalls(content=content, calls=tuple(calls), error="; ".join(problems) or None)
 
@@ -117,14 +119,23 @@ def _json_values(body: str) -> tuple[list[Any], str | None]:
         values.append(value)
 
 
-def _read_call(body: str, index: int) -> tuple[ToolCall | None, str]:
-    try:
-        payload: Any = json.loads(body.strip())
-    except ValueError as exc:
-        return None, f"not JSON ({exc}): {body.strip()[:120]!r}"
-    if not isinstance(payload, dict):
-        return None, f"not a JSON object: {body.strip()[:120]!r}"
-    return _read_payload(payload, index)
+def _block_payloads(body: str) -> list[dict[str, Any] | str]:
+    """The call objects in one `<tool_call>` block, or why it holds none (a str).
+
+    One object is the format; small models also put a list of calls, or several objects one after
+    another, in a single block (Qwen2.5-Coder does on BFCL's parallel questions): each is a call.
+    """
+    stripped = body.strip()
+    values, problem = _json_values(stripped)
+    if not values:
+        return [problem or f"not JSON: {stripped[:120]!r}"]
+    payloads: list[dict[str, Any] | str] = []
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            payloads.append(item if isinstance(item, dict) else f"not a JSON object: {json.dumps(item)[:120]!r}")
+    if problem is not None:
+        payloads.append(problem)  # a call after the readable ones is cut off or malformed
+    return payloads
 
 
 def _read_payload(payload: dict[str, Any], index: int) -> tuple[ToolCall | None, str]:

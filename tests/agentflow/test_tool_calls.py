@@ -48,6 +48,29 @@ def test_what_does_not_parse_says_why(text: str, problem: str) -> None:
     assert parsed.calls == () and parsed.error is not None and problem in parsed.error
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "area", "arguments": {"r": 3}}\n{"name": "area", "arguments": {"r": 5}}',
+        '[{"name": "area", "arguments": {"r": 3}}, {"name": "area", "arguments": {"r": 5}}]',
+    ],
+)
+def test_several_calls_in_one_block_are_each_a_call(body: str) -> None:
+    """Qwen2.5-Coder puts a parallel question's calls in one block: as objects in a row, or a list."""
+    parsed = parse_tool_calls(f"<tool_call>\n{body}\n</tool_call>")
+    assert parsed.error is None
+    assert parsed.calls == (
+        ToolCall(id="call_0", name="area", arguments={"r": 3}),
+        ToolCall(id="call_1", name="area", arguments={"r": 5}),
+    )
+
+
+def test_a_cut_off_call_after_a_good_one_in_the_same_block_is_reported() -> None:
+    parsed = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}} {"name": "g", "argu')
+    assert [c.name for c in parsed.calls] == ["f"]
+    assert parsed.error is not None and "tool call 2: not JSON" in parsed.error
+
+
 def test_one_bad_call_among_good_ones_keeps_the_good_ones() -> None:
     parsed = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>oops</tool_call>')
     assert [c.name for c in parsed.calls] == ["f"] and parsed.error is not None and "tool call 2" in parsed.error
