@@ -47,6 +47,9 @@ class PlannerOptions:
     plan_max_tokens: int = 384
     join_max_tokens: int = 192
     temperature: float = 0.0
+    # False: the first plan that parses is run and the run ends there, no joiner call: for
+    # function-calling evaluations (BFCL) where the calls are the answer, not a text about them.
+    join: bool = True
 
     def __post_init__(self) -> None:
         if self.max_replans < 0:
@@ -109,9 +112,14 @@ class PlanRunResult:
     def ok(self) -> bool:
         return self.answer is not None
 
+    joined: bool = True  # False: `PlannerOptions(join=False)`, the calls ran and no joiner was asked
+
     @property
     def status(self) -> str:
-        return "finished" if self.ok else "failed"
+        """`finished` (the joiner answered), `executed` (a plan ran, joining was off) or `failed`."""
+        if self.ok:
+            return "finished"
+        return "executed" if not self.joined and self.reason is None else "failed"
 
     @property
     def replans(self) -> int:
@@ -247,6 +255,9 @@ class _Session:
                 self.rounds.append(plan_round)
                 feedback = f"The plan was rejected: {plan_round.error}"
                 continue
+            if not self.opts.join:
+                self.rounds.append(plan_round)
+                return _Outcome(answer=None, reason=None)
             decision, text, join_s = await self._join(allow_replan=index < self.opts.max_replans)
             self.rounds.append(replace(plan_round, decision=decision, joiner_text=text, join_s=join_s))
             if isinstance(decision, Finish):
@@ -266,6 +277,7 @@ class _Session:
             first_tool_start_s=min(starts, default=None),
             streamed=self.opts.stream,
             backend=self.backend.name,
+            joined=self.opts.join,
         )
 
     # -- planning -----------------------------------------------------------------------------------

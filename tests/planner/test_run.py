@@ -120,6 +120,22 @@ async def test_tool_failures_reach_the_joiner_as_observations(registry: ToolRegi
     assert {f.node_id: f.state for f in result.failures} == {"1": NodeState.FAILED, "2": NodeState.SKIPPED}
 
 
+async def test_without_joining_the_first_plan_that_parses_is_run_and_nothing_more(registry: ToolRegistry) -> None:
+    """`join=False` (function-calling evaluations): the calls are the answer; no joiner call, no replan."""
+    llm = ScriptedLLM(["no plan here", '1. lookup("a")\n2. lookup("b")\n3. join()'])
+    result = await _run(registry, llm, options=PlannerOptions(join=False))
+    assert len(llm.requests) == 2  # the rejected plan, its replan; never a joiner
+    assert result.status == "executed" and result.answer is None and result.reason is None
+    assert not result.joined and result.rounds[-1].decision is None
+    assert sorted(result.run.outputs) == ["1", "2"]
+
+
+async def test_without_joining_a_run_whose_plans_never_parse_still_fails(registry: ToolRegistry) -> None:
+    llm = ScriptedLLM(lambda request: "1. lookup(\n")
+    result = await _run(registry, llm, options=PlannerOptions(join=False, max_replans=1))
+    assert result.status == "failed" and "no answer after 1 replan(s)" in (result.reason or "")
+
+
 async def test_max_replans_exhausted_gives_a_failed_result_not_a_hang(registry: ToolRegistry) -> None:
     llm = ScriptedLLM(lambda request: "1. lookup(\n")  # always truncated
     result = await _run(registry, llm, max_replans=2)

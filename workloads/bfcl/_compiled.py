@@ -3,9 +3,10 @@
 The calls that ran (done, in the order they started) are the model's answer, scored by the same
 BFCL checkers as native mode:
 
-- single-turn: the tools are dry runs built from the record's docs (validated, echoing their
-  arguments); the executed calls with their validated arguments become `[{func: {args}}]` for
-  the AST checker, and "made a call" for the relevance rules;
+- single-turn: one plan, as BFCL asks once (no joiner: the calls are the answer); the tools are
+  dry runs built from the record's docs (validated, echoing their arguments); the executed calls
+  with their validated arguments become `[{func: {args}}]` for the AST checker, and "made a
+  call" for the relevance rules;
 - multi-turn: each user turn is one `compile_and_run` over BFCL's real backends (state carries
   from turn to turn; held-back functions join the registry at their turn); the calls each turn
   ran become that turn's step for `multi_turn_checker`.
@@ -71,7 +72,7 @@ async def _run_single_turn(record: BfclRecord, backend: LLMBackend, max_tokens: 
         inference.model_output = {"plans": [], "answer": None, "reason": "no functions offered"}
         inference.score = score_single_turn_calls(record, [])
         return inference
-    result = await _compile(task, tools, backend, max_tokens, program_id_for(record))
+    result = await _compile(task, tools, backend, max_tokens, program_id_for(record), join=False)
     if isinstance(result, str):
         inference.inference_error = result
         inference.score = inference_failed(result)
@@ -100,7 +101,7 @@ async def _run_multi_turn(record: BfclRecord, backend: LLMBackend, max_tokens: i
         tools, original = _named_tools(available, fns=fns)
         task = _with_history(request, requests)
         requests.append(request)
-        result = await _compile(task, tools, backend, max_tokens, f"{program_id_for(record)}-t{turn_index}")
+        result = await _compile(task, tools, backend, max_tokens, f"{program_id_for(record)}-t{turn_index}", join=True)
         if isinstance(result, str):
             inference.inference_error = result
             inference.score = inference_failed(result)
@@ -195,8 +196,16 @@ def _task_text(messages: tuple[dict[str, str], ...]) -> str:
     return "\n".join(parts)
 
 
-async def _compile(task: str, tools: list[SchemaTool], backend: LLMBackend, max_tokens: int, program_id: str) -> Any:
-    """`compile_and_run`'s result, or the error text when the LLM backend failed."""
+async def _compile(
+    task: str, tools: list[SchemaTool], backend: LLMBackend, max_tokens: int, program_id: str, *, join: bool
+) -> Any:
+    """`compile_and_run`'s result, or the error text when the LLM backend failed.
+
+    Single-turn records are one model response in BFCL (its FC and Prompt handlers ask once): the
+    first plan that parses is the answer, run and scored without a joiner (`join=False`; a plan
+    rejected by the parser is still fed back once). Multi-turn records keep the joiner: it is the
+    loop BFCL's handlers run, calling again after seeing results.
+    """
     from planner import PlannerOptions, compile_and_run
 
     options = PlannerOptions(
@@ -204,6 +213,7 @@ async def _compile(task: str, tools: list[SchemaTool], backend: LLMBackend, max_
         plan_max_tokens=2 * max_tokens,
         join_max_tokens=max_tokens,
         examples=_examples(tools),
+        join=join,
     )
     try:
         return await compile_and_run(task, tools=tools, model=backend, options=options, program_id=program_id)

@@ -15,12 +15,12 @@ def _record(category: str, index: int = 0) -> BfclRecord:
 
 async def test_executed_calls_are_scored_under_bfcl_names() -> None:
     record = _record("simple_python", 1)  # math.factorial: planned as math_factorial
-    model = ScriptedLLM(["1. math_factorial(5)\n2. join()", "Action: Finish(120)"])
+    model = ScriptedLLM(["1. math_factorial(5)\n2. join()"])
     inference = await run_compiled(record, model, max_tokens=64)
     assert inference.score is not None and inference.score.valid, inference.score
     assert inference.score.decoded == [{"math.factorial": {"number": 5}}]  # positional bound to its name
     assert inference.calls == [{"name": "math.factorial", "ok": True, "detail": None}]
-    assert inference.llm_calls == 2
+    assert inference.llm_calls == 1  # one plan, as BFCL asks once: no joiner on single-turn records
     prompt = "".join(m["content"] for m in model.requests[0].messages or ())
     assert "math_factorial(number: int)" in prompt and "math_factorial(number=1)" in prompt  # tools, example
 
