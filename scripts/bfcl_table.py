@@ -8,6 +8,9 @@ with every run's summary to `<out>/table.json`.
     .venv/bin/python scripts/bfcl_table.py --models qwen2.5-coder-1.5b --limit 100 --out agentflow-runs/bfcl-table
 
 Categories whose records are long (multi_turn_base) take `--multi-turn-limit` records instead.
+A run whose summary is already there with the same limit is not run again (`--rerun` redoes it):
+copy a finished table's summaries (`docs/results/bfcl-table/`) into `--out` and only what is
+missing runs.
 Run it alone: latency per record is only comparable between runs that had the machine to themselves.
 """
 
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("agentflow-runs") / "bfcl-table")
     parser.add_argument("--table-only", action="store_true", help="print the table from runs already made")
+    parser.add_argument("--rerun", action="store_true", help="run again even where a summary with this limit exists")
     args = parser.parse_args(argv)
     categories = [c for c in args.categories.split(",") if c]
     runs: list[dict[str, Any]] = []
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in (m for m in args.modes.split(",") if m):
             for group, limit in _groups(categories, args.limit, args.multi_turn_limit):
                 summary_path = args.out / model / mode / f"{'+'.join(group)}.json"
-                if not args.table_only:
+                if not args.table_only and (args.rerun or not _done(summary_path, limit)):
                     _run(model, mode, group, limit, args.concurrency, args.out / model / mode, summary_path)
                 if summary_path.exists():
                     runs.append(json.loads(summary_path.read_text()))
@@ -65,6 +69,14 @@ def _groups(categories: list[str], limit: int, multi_turn_limit: int) -> list[tu
     single = [c for c in categories if c not in MULTI_TURN]
     multi = [c for c in categories if c in MULTI_TURN]
     return [(group, n) for group, n in ((single, limit), (multi, multi_turn_limit)) if group]
+
+
+def _done(summary: Path, limit: int) -> bool:
+    """A summary of a finished run with this limit exists (a run writes it when it ends)."""
+    if not summary.exists():
+        return False
+    settings = json.loads(summary.read_text()).get("settings", {})
+    return bool(settings.get("limit") == limit)
 
 
 def _run(model: str, mode: str, group: list[str], limit: int, concurrency: int, out: Path, summary: Path) -> None:
