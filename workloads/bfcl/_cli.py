@@ -126,12 +126,12 @@ def _run_on_replicas(args: argparse.Namespace) -> int:
     from serving.embedded import model_path
     from serving.engine import EngineConfig
     from serving.scaleout import ScaleOutOptions, start
-    from workloads.bfcl._run import DEFAULT_ENGINE_OPTIONS, run_bfcl
+    from workloads.bfcl._run import engine_options_for, run_bfcl
 
     scheme, _, name = args.model.partition(":")
     if scheme != "embedded":
         raise UserError(f"--replicas serves the embedded engine: --model must be embedded[:NAME], got {args.model!r}")
-    engine_options = {**DEFAULT_ENGINE_OPTIONS, **_engine_options(args.engine)}  # what `embedded` gets
+    engine_options = engine_options_for(name or None, _engine_options(args.engine))  # what `embedded` gets
     engine = EngineConfig(model_dir=model_path(name or None), **engine_options)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

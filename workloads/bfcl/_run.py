@@ -37,17 +37,55 @@ from workloads.bfcl._data import BfclRecord, MalformedRecord, load_category
 from workloads.bfcl._native import Inference, run_native
 from workloads.bfcl._scripted import ground_truth_model, parse_scripted
 
-__all__ = ["DEFAULT_ENGINE_OPTIONS", "BfclOptions", "BfclReport", "default_out_dir", "run_bfcl", "run_bfcl_async"]
+__all__ = [
+    "DEFAULT_ENGINE_OPTIONS",
+    "BfclOptions",
+    "BfclReport",
+    "default_out_dir",
+    "engine_options_for",
+    "run_bfcl",
+    "run_bfcl_async",
+]
 
 Mode = Literal["native", "fc", "compiled"]
 MODES: tuple[str, ...] = ("native", "fc", "compiled")
 RUNS_DIR = Path("agentflow-runs") / "bfcl"
 _PINNED = ("workload", "model", "mode", "max_tokens")  # settings a resumed run must share
 DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
-    # BFCL's multi-turn prompts (function docs of 2-3 backends) take 4.4k-8k tokens of SmolLM2.
+    # BFCL's multi-turn prompts (function docs of 2-3 backends) take 4.4k-8k tokens of SmolLM2,
+    # and grow with every step's results: a model that can take more gets more (`engine_options_for`).
     "max_model_len": 8192,
     "kv_cache_bytes": 2 * 1024**3,
 }
+_MAX_CONTEXT = 32768  # multi-turn records measured 8k+ tokens on Qwen2.5 by their third turn
+_LONG_CONTEXT_KV_BYTES = 4 * 1024**3  # room for the concurrent records' longer contexts
+
+
+def engine_options_for(model: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The embedded engine's options for `embedded:MODEL`: the model's own context (up to 32k), then `overrides`.
+
+    A fixed 8192 cut Qwen2.5's multi-turn records off mid-run (`maximum context length`), though
+    the model takes 32k.
+    """
+    from serving.embedded import model_path
+    from serving.models import default_model_dir, spec_for_dir
+
+    path = model_path(model) or default_model_dir()
+    spec = spec_for_dir(path)
+    context = spec.architecture.context_length if spec is not None else _config_context(path)
+    options = dict(DEFAULT_ENGINE_OPTIONS)
+    if context > options["max_model_len"]:
+        options.update(max_model_len=min(context, _MAX_CONTEXT), kv_cache_bytes=_LONG_CONTEXT_KV_BYTES)
+    return {**options, **(overrides or {})}
+
+
+def _config_context(path: Path) -> int:
+    """A local model directory's `max_position_embeddings`; the default's when it cannot be read."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        return int(config["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(DEFAULT_ENGINE_OPTIONS["max_model_len"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,7 +283,7 @@ def _shared_backend(model: str, engine_options: Mapping[str, Any]) -> LLMBackend
 
 def embedded_backend(model_dir: str | None = None, engine_options: Mapping[str, Any] | None = None) -> EmbeddedBackend:
     """The embedded backend the runner uses: its engine options, shared with every runner in the process."""
-    return EmbeddedBackend(model_dir=model_dir, **{**DEFAULT_ENGINE_OPTIONS, **(engine_options or {})})
+    return EmbeddedBackend(model_dir=model_dir, **engine_options_for(model_dir, engine_options))
 
 
 # -- output directory and pinned settings ---------------------------------------------------------------------

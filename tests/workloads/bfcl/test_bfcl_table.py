@@ -1,4 +1,4 @@
-"""scripts/bfcl_table.py: which runs it skips, and the table it renders (no model: summaries only)."""
+"""scripts/bfcl_table.py (which runs it skips, the table it renders) and the engine options each model gets."""
 
 from __future__ import annotations
 
@@ -41,3 +41,18 @@ def test_the_table_has_a_row_per_model_and_category_and_columns_per_mode() -> No
     assert header.startswith("| model | category | n | native acc") and "fc s/rec" in header
     assert rule.count("---|") == 9
     assert row == "| qwen2.5-coder-1.5b | parallel | 100 | 75% | 1 | 12.3 | 0% | 1 | 12.3 |"
+
+
+def test_engine_options_give_each_model_its_own_context(tmp_path: Path) -> None:
+    from workloads.bfcl._run import DEFAULT_ENGINE_OPTIONS, engine_options_for
+
+    qwen = engine_options_for("qwen2.5-coder-1.5b")
+    assert qwen["max_model_len"] == 32768 and qwen["kv_cache_bytes"] == 4 * 1024**3  # Qwen2.5 takes 32k
+    assert engine_options_for("smollm2-135m") == DEFAULT_ENGINE_OPTIONS  # 8k is all it takes
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"max_position_embeddings": 131072}))
+    assert engine_options_for(str(local))["max_model_len"] == 32768  # capped
+    assert engine_options_for(str(local), {"max_model_len": 4096})["max_model_len"] == 4096  # --engine wins
+    (local / "config.json").write_text("{not json")
+    assert engine_options_for(str(local))["max_model_len"] == 8192  # unreadable: the default
