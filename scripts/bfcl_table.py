@@ -9,7 +9,7 @@ with every run's summary to `<out>/table.json`.
 
 Categories whose records are long (multi_turn_base) take `--multi-turn-limit` records instead.
 A run whose summary is already there with the same limit is not run again (`--rerun` redoes it):
-copy a finished table's summaries (`docs/results/bfcl-table/`) into `--out` and only what is
+copy a finished table's summaries (`results/bfcl-table/`) into `--out` and only what is
 missing runs.
 Run it alone: latency per record is only comparable between runs that had the machine to themselves.
 """
