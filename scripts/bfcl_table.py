@@ -45,19 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-turn-limit", type=int, default=20, help="first N records of multi-turn categories")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("agentflow-runs") / "bfcl-table")
-    parser.add_argument("--table-only", action="store_true", help="print the table from runs already made")
+    parser.add_argument(
+        "--table-only", action="store_true", help="print the table from every summary under --out (no runs)"
+    )
     parser.add_argument("--rerun", action="store_true", help="run again even where a summary with this limit exists")
     args = parser.parse_args(argv)
     categories = [c for c in args.categories.split(",") if c]
-    runs: list[dict[str, Any]] = []
-    for model in (m for m in args.models.split(",") if m):
-        for mode in (m for m in args.modes.split(",") if m):
-            for group, limit in _groups(categories, args.limit, args.multi_turn_limit):
-                summary_path = args.out / model / mode / f"{'+'.join(group)}.json"
-                if not args.table_only and (args.rerun or not _done(summary_path, limit)):
-                    _run(model, mode, group, limit, args.concurrency, args.out / model / mode, summary_path)
-                if summary_path.exists():
-                    runs.append(json.loads(summary_path.read_text()))
+    models = [m for m in args.models.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    if not args.table_only:
+        for model in models:
+            for mode in modes:
+                for group, limit in _groups(categories, args.limit, args.multi_turn_limit):
+                    summary_path = args.out / model / mode / f"{'+'.join(group)}.json"
+                    if args.rerun or not _done(summary_path, limit):
+                        _run(model, mode, group, limit, args.concurrency, args.out / model / mode, summary_path)
+    runs = [json.loads(path.read_text()) for path in _summaries(args.out, models, modes)]
     table = render(runs)
     print(table)
     (args.out / "table.json").parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,11 @@ def _groups(categories: list[str], limit: int, multi_turn_limit: int) -> list[tu
     single = [c for c in categories if c not in MULTI_TURN]
     multi = [c for c in categories if c in MULTI_TURN]
     return [(group, n) for group, n in ((single, limit), (multi, multi_turn_limit)) if group]
+
+
+def _summaries(out: Path, models: list[str], modes: list[str]) -> list[Path]:
+    """Every run's summary under `out` for these models and modes (whatever categories each ran)."""
+    return [path for model in models for mode in modes for path in sorted((out / model / mode).glob("*.json"))]
 
 
 def _done(summary: Path, limit: int) -> bool:
